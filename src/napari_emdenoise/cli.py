@@ -1,0 +1,253 @@
+"""The ``emdenoise`` command: every flow of the plugin, scriptable.
+
+Each subcommand lives in a ``_cmd_<name>`` function next to its ``_add_<name>`` parser.
+Errors the user can fix end with one line on stderr and exit code 2; a batch where
+some files failed exits 1 after processing the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .io import ImageFileError, read_tiff, write_tiff
+from .simulate import LATTICES, SimParams, simulate
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; printed without a traceback."""
+
+
+def _pair(text: str) -> tuple[float, float]:
+    parts = text.replace("x", ",").split(",")
+    try:
+        vals = [float(v) for v in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers like '3,-2', got {text!r}") from None
+    if len(vals) == 1:
+        return vals[0], vals[0]
+    if len(vals) != 2:
+        raise argparse.ArgumentTypeError(f"expected two numbers like '3,-2', got {text!r}")
+    return vals[0], vals[1]
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, w = _pair(text)
+    if h != int(h) or w != int(w) or h < 8 or w < 8:
+        raise argparse.ArgumentTypeError(f"size must be whole pixels, at least 8, like 512 or 512x768; got {text!r}")
+    return int(h), int(w)
+
+
+def _basis(text: str) -> tuple[tuple[float, float, float], ...]:
+    out = []
+    for item in text.split(";"):
+        try:
+            u, v, z = (float(x) for x in item.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"basis items are 'u,v,Z' separated by ';', like '0,0,42;0.5,0.5,8'; got {item!r}"
+            ) from None
+        out.append((u, v, z))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- simulate
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    d = SimParams()
+    p = sub.add_parser(
+        "simulate",
+        help="write simulated noisy/clean STEM ADF image pairs",
+        description=(
+            "Simulate STEM ADF images of a crystal lattice with dents, shot noise and scan distortions. "
+            "Writes OUT/noisy/sim_NNNN.tif, OUT/clean/sim_NNNN.tif (same geometry, no noise), "
+            "OUT/dent/sim_NNNN.tif (dent map, 0..1), OUT/positions/sim_NNNN.csv (true column "
+            "positions, row and col in px) and OUT/simulate.json (all parameters and seeds)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--n", type=int, default=8, help="number of images")
+    p.add_argument("--size", type=_size, default=d.size, help="image size in px: N or HxW")
+    p.add_argument("--lattice", choices=LATTICES, default=d.lattice, help="lattice type")
+    p.add_argument("--period", type=float, default=d.period, help="lattice period in px (the zoom level)")
+    p.add_argument("--aspect", type=float, default=d.aspect, help="second/first period ratio (rectangular lattice)")
+    p.add_argument("--angle", type=float, default=d.angle, help="lattice rotation in degrees")
+    p.add_argument(
+        "--basis", type=_basis, default=d.basis,
+        help="columns in the unit cell as 'u,v,Z;...' (fractional position, atomic number; peak ~ Z^1.7)",
+    )
+    p.add_argument("--column-width", type=float, default=None, help="column Gaussian sigma in px (default 0.13 periods)")
+    p.add_argument("--background", type=float, default=d.background, help="background level relative to the brightest column")
+    p.add_argument("--dents", type=int, default=d.dents, help="number of dents per image")
+    p.add_argument("--dent-depth", type=float, default=d.dent_depth, help="relative thickness lost at a dent's centre (0..1)")
+    p.add_argument("--dent-radius", type=float, default=None, help="dent radius in px (default a quarter of the image)")
+    p.add_argument("--dose", type=float, default=d.dose, help="mean electron counts per px (Poisson noise)")
+    p.add_argument("--read-noise", type=float, default=d.read_noise, help="Gaussian detector noise, std in counts")
+    p.add_argument("--row-offset", type=float, default=d.row_offset, help="per-scan-row x offset, std in px")
+    p.add_argument("--jitter", type=float, default=d.jitter, help="per-pixel x jitter, std in px")
+    p.add_argument("--drift", type=_pair, default=d.drift, help="linear drift 'dy,dx' in px over the frame")
+    p.add_argument("--pixel-size", type=float, default=None, help="pixel size in nm written to the TIFFs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files in OUT")
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if args.n < 1:
+        raise UsageError("--n must be at least 1")
+    out: Path = args.out
+    names = [f"sim_{i:04d}" for i in range(args.n)]
+    targets = [out / sub / f"{n}.tif" for n in names for sub in ("noisy", "clean", "dent")] + [out / "simulate.json"]
+    existing = [t for t in targets if t.exists()]
+    if existing and not args.overwrite:
+        raise UsageError(f"{len(existing)} output file(s) exist already (e.g. '{existing[0]}'); use --overwrite or another -o")
+    base = dict(
+        size=args.size, lattice=args.lattice, period=args.period, aspect=args.aspect, angle=args.angle,
+        basis=args.basis, column_width=args.column_width, background=args.background, dents=args.dents,
+        dent_depth=args.dent_depth, dent_radius=args.dent_radius, dose=args.dose, read_noise=args.read_noise,
+        row_offset=args.row_offset, jitter=args.jitter, drift=args.drift,
+    )
+    try:
+        SimParams(**base, seed=args.seed)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    records = []
+    for i, name in enumerate(tqdm(names, desc="simulate", unit="img", disable=None)):
+        sim = simulate(SimParams(**base, seed=args.seed + i))
+        for sub, arr in (("noisy", sim.noisy), ("clean", sim.clean), ("dent", sim.dent)):
+            write_tiff(out / sub / f"{name}.tif", arr, pixel_size=args.pixel_size, overwrite=True)
+        pos_path = out / "positions" / f"{name}.csv"
+        pos_path.parent.mkdir(parents=True, exist_ok=True)
+        rows = np.column_stack([sim.positions, sim.species])
+        np.savetxt(pos_path, rows, delimiter=",", fmt="%.4f", header="row,col,Z", comments="")
+        records.append({"name": name, "seed": args.seed + i, "n_columns": int(len(sim.positions))})
+    meta = {
+        "generator": f"napari-emdenoise {__version__} simulate",
+        "params": {k: v for k, v in SimParams(**base, seed=args.seed).to_dict().items() if k != "seed"},
+        "pixel_size_nm": args.pixel_size,
+        "images": records,
+    }
+    (out / "simulate.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {args.n} noisy/clean pairs to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- info
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="describe TIFF files, or this installation when no file is given",
+        description=(
+            "Print shape, dtype, pixel size, value range and NaN count of each TIFF. "
+            "Without files: versions of the package, torch and napari, and the compute devices found."
+        ),
+    )
+    p.add_argument("files", nargs="*", type=Path, help="TIFF files to describe")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+    p.set_defaults(func=_cmd_info)
+
+
+def _environment() -> dict:
+    import platform
+
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    try:
+        from importlib.metadata import version
+
+        napari_version = version("napari")
+    except Exception:
+        napari_version = "not installed"
+    return {
+        "napari-emdenoise": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "napari": napari_version,
+        "devices": devices,
+    }
+
+
+def _file_info(path: Path) -> dict:
+    img = read_tiff(path)
+    data = img.data
+    finite = np.isfinite(data) if data.dtype.kind == "f" else np.ones(data.shape, bool)
+    vals = data[finite]
+    return {
+        "file": str(path),
+        "shape": list(data.shape),
+        "dtype": img.original_dtype,
+        "pixel_size_nm": list(img.pixel_size) if img.pixel_size else None,
+        "pixel_size_source": img.metadata.get("pixel_size_source"),
+        "min": float(vals.min()) if vals.size else None,
+        "max": float(vals.max()) if vals.size else None,
+        "mean": float(vals.mean()) if vals.size else None,
+        "non_finite": int((~finite).sum()),
+        "notes": img.notes,
+    }
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    if not args.files:
+        env = _environment()
+        print(json.dumps(env, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in env.items()))
+        return 0
+    failed = 0
+    results = []
+    for path in args.files:
+        try:
+            results.append(_file_info(path))
+        except ImageFileError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            px = "unknown" if r["pixel_size_nm"] is None else " x ".join(f"{v:.5g}" for v in r["pixel_size_nm"]) + " nm"
+            print(f"{r['file']}: {' x '.join(map(str, r['shape']))} {r['dtype']}, pixel size {px}, "
+                  f"range {r['min']:.6g}..{r['max']:.6g}, mean {r['mean']:.6g}, non-finite {r['non_finite']}")
+            for note in r["notes"]:
+                print(f"  note: {note}")
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emdenoise",
+        description="Denoise atomic-resolution STEM images; simulate test data; inspect TIFFs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_simulate(sub)
+    _add_info(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ImageFileError, FileExistsError) as exc:
+        print(f"emdenoise {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emdenoise {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""TIFF input and output for STEM images.
+
+Every way a file can be unreadable ends in one :class:`ImageFileError` that names the
+file and says what is wrong; writes go to a temporary file that replaces the target
+only when complete, so a failed write (full disk, cancelled job) never destroys what
+was there before.
+
+Pixel sizes are reported in nanometres when the file's unit is known.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+# length units -> nanometres
+_UNIT_TO_NM = {
+    "m": 1e9,
+    "mm": 1e6,
+    "cm": 1e7,
+    "um": 1e3,
+    "µm": 1e3,
+    "μm": 1e3,
+    "micron": 1e3,
+    "microns": 1e3,
+    "nm": 1.0,
+    "a": 0.1,
+    "å": 0.1,
+    "Å": 0.1,
+    "angstrom": 0.1,
+    "pm": 1e-3,
+    "inch": 2.54e7,
+}
+
+
+class ImageFileError(ValueError):
+    """A file could not be read or written; the message says which and why."""
+
+
+@dataclass
+class TiffImage:
+    """An image read from a TIFF file.
+
+    ``pixel_size`` is (y, x) in nanometres, or None when the file does not say.
+    ``notes`` holds things the user should be told (e.g. an RGB file made grey).
+    """
+
+    data: np.ndarray
+    path: Path
+    original_dtype: str
+    pixel_size: tuple[float, float] | None = None
+    unit: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def scale(self) -> tuple[float, ...]:
+        """Per-axis scale for a napari layer (1 for axes other than the last two)."""
+        lead = (1.0,) * (self.data.ndim - 2)
+        if self.pixel_size is None:
+            return lead + (1.0, 1.0)
+        return lead + tuple(float(v) for v in self.pixel_size)
+
+
+def is_tiff_path(path: str | os.PathLike) -> bool:
+    """True for a path whose suffix is .tif or .tiff, in any case."""
+    return Path(path).suffix.lower() in TIFF_SUFFIXES
+
+
+def _unit_to_nm(unit: str | None) -> float | None:
+    if not unit:
+        return None
+    u = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), unit.strip())
+    return _UNIT_TO_NM.get(u, _UNIT_TO_NM.get(u.lower()))
+
+
+def _rational(value) -> float | None:
+    try:
+        if isinstance(value, tuple):
+            num, den = value
+            return num / den if den else None
+        return float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _pixel_size_from_ome(xml: str) -> tuple[tuple[float, float], str] | None:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for el in root.iter():
+        if el.tag.endswith("Pixels"):
+            px, py = el.get("PhysicalSizeX"), el.get("PhysicalSizeY")
+            if px is None:
+                return None
+            factor = _unit_to_nm(el.get("PhysicalSizeXUnit", "µm"))
+            if factor is None:
+                return None
+            py = py if py is not None else px
+            return (float(py) * factor, float(px) * factor), "nm"
+    return None
+
+
+def _pixel_size(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> tuple[tuple[float, float] | None, str]:
+    """Pixel size (y, x) in nm and where it came from."""
+    if tif.is_ome and tif.ome_metadata:
+        found = _pixel_size_from_ome(tif.ome_metadata)
+        if found:
+            return found[0], "OME-XML"
+    tags = page.tags
+    xres = _rational(tags["XResolution"].value) if "XResolution" in tags else None
+    yres = _rational(tags["YResolution"].value) if "YResolution" in tags else None
+    if not xres:
+        return None, "none"
+    yres = yres or xres
+    ij = tif.imagej_metadata or {}
+    if ij.get("unit"):
+        factor = _unit_to_nm(str(ij["unit"]))
+        if factor is not None:
+            return (factor / yres, factor / xres), "ImageJ"
+    runit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+    # 72 or 96 dots per inch and 1 px per unit are writer defaults, not measurements.
+    if runit == 1 or (runit == 2 and xres in (1.0, 72.0, 96.0, 300.0)):
+        return None, "none"
+    factor = {2: _UNIT_TO_NM["inch"], 3: _UNIT_TO_NM["cm"]}.get(runit)
+    if factor is None:
+        return None, "none"
+    return (factor / yres, factor / xres), "resolution tags"
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 709 luma of an (..., 3|4) array; exact for grey images stored as RGB."""
+    weights = np.array([0.2126, 0.7152, 0.0722], dtype=np.float64)
+    grey = rgb[..., :3].astype(np.float64) @ weights
+    if np.issubdtype(rgb.dtype, np.integer):
+        return np.rint(grey).astype(rgb.dtype)
+    return grey.astype(rgb.dtype)
+
+
+def _check_magic(path: Path) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if len(head) < 4:
+        raise ImageFileError(f"Cannot open '{path.name}': the file is empty or truncated ({len(head)} bytes).")
+    if head not in _TIFF_MAGIC:
+        raise ImageFileError(
+            f"Cannot open '{path.name}': it is not a TIFF file (it starts with bytes {head!r}). "
+            "Export the image as TIFF from the microscope software, or rename it to its real format."
+        )
+
+
+def read_tiff(path: str | os.PathLike) -> TiffImage:
+    """Read a 2D image or a stack from a TIFF file, with its pixel size and metadata.
+
+    Raises :class:`ImageFileError` with a message naming the file for anything that
+    is not a readable, non-empty grey-value TIFF.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageFileError(f"Cannot open '{path}': no such file.")
+    if path.is_dir():
+        raise ImageFileError(f"Cannot open '{path}': it is a folder, not a TIFF file.")
+    _check_magic(path)
+    notes: list[str] = []
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise ImageFileError(f"Cannot open '{path.name}': the TIFF holds no readable image; it is truncated or corrupt. Copy or export the file again.")
+            series = tif.series[0]
+            page = tif.pages[0]
+            shape = tuple(series.shape)
+            if 0 in shape or len(shape) == 0:
+                raise ImageFileError(f"Cannot open '{path.name}': the image is empty (shape {shape}).")
+            data = series.asarray()
+            pixel_size, source = _pixel_size(tif, page)
+            photometric = getattr(page.photometric, "name", str(page.photometric))
+            meta: dict[str, Any] = {
+                "source": str(path),
+                "pages": len(tif.pages),
+                "axes": series.axes,
+                "photometric": photometric,
+                "pixel_size_source": source,
+            }
+            if tif.imagej_metadata:
+                meta["imagej"] = {k: _jsonable(v) for k, v in tif.imagej_metadata.items()}
+            if page.description and not tif.is_ome:
+                meta["description"] = page.description[:4000]
+    except ImageFileError:
+        raise
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise ImageFileError(
+            f"Cannot read '{path.name}': the TIFF is truncated or corrupt ({type(exc).__name__}: {exc}). "
+            "Copy or export the file again."
+        ) from exc
+    if data.size == 0 or 0 in data.shape:
+        raise ImageFileError(f"Cannot open '{path.name}': the image is empty (shape {data.shape}).")
+    original_dtype = str(data.dtype)
+
+    if data.dtype.kind == "c":
+        raise ImageFileError(f"Cannot open '{path.name}': complex-valued images ({data.dtype}) are not supported.")
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    elif data.dtype == np.float16:
+        data = data.astype(np.float32)
+        notes.append(f"'{path.name}': float16 data converted to float32.")
+
+    rgb = photometric == "RGB" or (data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4)
+    if rgb and data.shape[-1] in (3, 4):
+        data = _luminance(data)
+        meta["converted_from_rgb"] = True
+        notes.append(f"'{path.name}' is an RGB image; it was converted to one grey channel (luminance).")
+    data = np.squeeze(data) if data.ndim > 2 else data
+    if data.ndim < 2:
+        raise ImageFileError(f"Cannot open '{path.name}': expected a 2D image or a stack, got shape {data.shape}.")
+    meta["original_dtype"] = original_dtype
+    if pixel_size is not None:
+        meta["pixel_size_nm"] = list(pixel_size)
+    return TiffImage(
+        data=data,
+        path=path,
+        original_dtype=original_dtype,
+        pixel_size=pixel_size,
+        unit="nm" if pixel_size is not None else None,
+        metadata=meta,
+        notes=notes,
+    )
+
+
+def _to_uint16(data: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """Integer data in range is kept; anything else is mapped linearly onto 0..65535."""
+    if np.issubdtype(data.dtype, np.integer) and data.min() >= 0 and data.max() <= 65535:
+        return data.astype(np.uint16), {"offset": 0.0, "scale": 1.0}
+    finite = data[np.isfinite(data)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    scale = (hi - lo) / 65535.0 if hi > lo else 1.0
+    out = np.clip(np.rint((np.nan_to_num(data, nan=lo) - lo) / scale), 0, 65535).astype(np.uint16)
+    return out, {"offset": lo, "scale": scale}
+
+
+def write_tiff(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    *,
+    pixel_size: tuple[float, float] | float | None = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    description: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``data`` as an ImageJ-compatible TIFF with its pixel size (nm) and return the path.
+
+    ``dtype`` is "float32" (values kept) or "uint16" (integers kept; other values mapped
+    linearly onto 0..65535, the mapping stored in the description). The file appears only
+    when completely written; an existing file is kept unless ``overwrite`` is true.
+    """
+    path = Path(path)
+    if dtype not in ("float32", "uint16"):
+        raise ValueError(f"dtype must be 'float32' or 'uint16', not {dtype!r}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"'{path}' exists; pass overwrite=True (CLI: --overwrite) to replace it.")
+    arr = np.asarray(data)
+    if arr.ndim < 2 or 0 in arr.shape:
+        raise ValueError(f"Cannot write '{path.name}': expected a non-empty 2D image or stack, got shape {arr.shape}.")
+    info: dict[str, Any] = dict(description or {})
+    if dtype == "uint16":
+        arr, mapping = _to_uint16(arr)
+        info["uint16_mapping"] = mapping
+    else:
+        arr = arr.astype(np.float32, copy=False)
+    kwargs: dict[str, Any] = {"imagej": True, "metadata": {"axes": "ZYX"[-arr.ndim:] if arr.ndim <= 3 else None}}
+    if arr.ndim > 3:
+        kwargs = {"metadata": None}
+    if pixel_size is not None:
+        py, px = (pixel_size, pixel_size) if np.isscalar(pixel_size) else pixel_size
+        kwargs["resolution"] = (1.0 / float(px), 1.0 / float(py))
+        if kwargs.get("imagej"):
+            kwargs["metadata"]["unit"] = "nm"
+    if info:
+        if kwargs.get("imagej"):
+            kwargs["metadata"]["Info"] = json.dumps(info, sort_keys=True)
+        else:
+            kwargs["description"] = json.dumps(info, sort_keys=True)
+    if kwargs.get("metadata") and kwargs["metadata"].get("axes") is None:
+        kwargs["metadata"].pop("axes")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, arr, **kwargs)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ImageFileError(f"Could not write '{path}': {exc.strerror or exc}. Nothing was changed there.") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def safe_stem(name: str) -> str:
+    """A file-name-safe version of a layer or file name."""
+    stem = re.sub(r"[^\w.+-]+", "_", name).strip("._")
+    return stem or "image"

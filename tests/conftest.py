@@ -1,0 +1,40 @@
+"""Shared fixtures: small TIFF files of every kind a user may drop on napari."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+
+@pytest.fixture
+def uint16_tiff(tmp_path):
+    """A 16-bit image (48x64) with a pixel size of 0.025 nm in ImageJ metadata."""
+    data = (np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) * 17 % 65536).astype(np.uint16)
+    path = tmp_path / "BS3003_ADF_20MX_2435.tif"
+    tifffile.imwrite(path, data, imagej=True, resolution=(1 / 0.025, 1 / 0.025), metadata={"unit": "nm"})
+    return path, data
+
+
+@pytest.fixture
+def bad_files(tmp_path, uint16_tiff):
+    """name -> (path, words the error message must contain)."""
+    good, _ = uint16_tiff
+    raw = good.read_bytes()
+    files = {}
+    p = tmp_path / "truncated.tif"
+    p.write_bytes(raw[: len(raw) // 2])
+    files["truncated"] = (p, "truncated or corrupt")
+    p = tmp_path / "empty_file.tif"
+    p.write_bytes(b"")
+    files["empty file"] = (p, "empty or truncated")
+    p = tmp_path / "renamed_png.tif"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    files["not a tiff"] = (p, "not a TIFF file")
+    p = tmp_path / "garbage.tif"
+    p.write_bytes(b"II*\x00" + b"\xff" * 60)
+    files["corrupt header"] = (p, "truncated or corrupt")
+    p = tmp_path / "zero_size.tif"
+    tifffile.imwrite(p, np.zeros((0, 16), np.uint16))
+    files["empty image"] = (p, "empty")
+    return files

@@ -1,0 +1,105 @@
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from napari_emdenoise.cli import build_parser, main
+from napari_emdenoise.io import read_tiff
+
+
+def _digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_simulate_writes_pairs_and_parameters(tmp_path):
+    out = tmp_path / "sim"
+    rc = main(["simulate", "-o", str(out), "--n", "3", "--size", "64x80", "--period", "10", "--dose", "8",
+               "--pixel-size", "0.02", "--seed", "4"])
+    assert rc == 0
+    for sub in ("noisy", "clean", "dent"):
+        assert sorted(p.name for p in (out / sub).iterdir()) == ["sim_0000.tif", "sim_0001.tif", "sim_0002.tif"]
+    img = read_tiff(out / "noisy" / "sim_0001.tif")
+    assert img.data.shape == (64, 80)
+    assert img.pixel_size == pytest.approx((0.02, 0.02))
+    meta = json.loads((out / "simulate.json").read_text())
+    assert meta["params"]["period"] == 10 and meta["params"]["dose"] == 8
+    assert [r["seed"] for r in meta["images"]] == [4, 5, 6]
+    pos = np.loadtxt(out / "positions" / "sim_0000.csv", delimiter=",", skiprows=1)
+    assert pos.shape[1] == 3 and len(pos) == meta["images"][0]["n_columns"]
+
+
+def test_simulate_same_seed_same_bytes(tmp_path):
+    args = ["--n", "2", "--size", "48", "--row-offset", "0.5", "--jitter", "0.2", "--read-noise", "1", "--seed", "9"]
+    assert main(["simulate", "-o", str(tmp_path / "a"), *args]) == 0
+    assert main(["simulate", "-o", str(tmp_path / "b"), *args]) == 0
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert main(["simulate", "-o", str(tmp_path / "c"), *args[:-1], "10"]) == 0
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_simulate_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["simulate", "-o", str(out), "--n", "1", "--size", "32"]) == 0
+    before = _digest(out)
+    assert main(["simulate", "-o", str(out), "--n", "1", "--size", "32", "--seed", "3"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert _digest(out) == before
+    assert main(["simulate", "-o", str(out), "--n", "1", "--size", "32", "--seed", "3", "--overwrite"]) == 0
+    assert _digest(out) != before
+
+
+def test_simulate_bad_parameter_is_one_line(tmp_path, capsys):
+    assert main(["simulate", "-o", str(tmp_path / "x"), "--dose", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "dose must be positive" in err and "\n" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_info_reports_files_and_fails_on_bad_ones(tmp_path, uint16_tiff, bad_files, capsys):
+    good, data = uint16_tiff
+    assert main(["info", "--json", str(good)]) == 0
+    rep = json.loads(capsys.readouterr().out)[0]
+    assert rep["shape"] == [48, 64] and rep["dtype"] == "uint16"
+    assert rep["pixel_size_nm"] == pytest.approx([0.025, 0.025])
+    assert rep["max"] == data.max()
+    bad, words = bad_files["truncated"]
+    assert main(["info", str(good), str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert good.name in captured.out and words in captured.err
+
+
+def test_info_without_files_lists_the_environment(capsys):
+    assert main(["info", "--json"]) == 0
+    env = json.loads(capsys.readouterr().out)
+    assert "cpu" in env["devices"] and env["torch"]
+
+
+def _subparsers(parser):
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            return action.choices
+    return {}
+
+
+def test_every_option_of_every_subcommand_is_described():
+    parser = build_parser()
+    subs = _subparsers(parser)
+    assert {"simulate", "info"} <= set(subs)
+    for name, sub in subs.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"{name}: {action.dest} has no help"
+            for opt in action.option_strings:
+                assert opt in text, f"{name}: {opt} missing from --help"
+
+
+def test_help_exits_cleanly(capsys):
+    for argv in (["--help"], ["simulate", "--help"], ["info", "--help"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0
+    assert "--dose" in capsys.readouterr().out

@@ -1,0 +1,145 @@
+import errno
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_emdenoise.io import ImageFileError, read_tiff, write_tiff
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "uint32", "float32", "float64"])
+def test_every_supported_dtype_roundtrips_unchanged(tmp_path, dtype):
+    rng = np.random.default_rng(0)
+    data = (rng.random((20, 30)) * 200).astype(dtype)
+    path = tmp_path / f"img_{dtype}.tif"
+    tifffile.imwrite(path, data)
+    img = read_tiff(path)
+    assert img.data.dtype == np.dtype(dtype)
+    assert img.original_dtype == dtype
+    assert img.metadata["original_dtype"] == dtype
+    np.testing.assert_array_equal(img.data, data)
+    assert img.name == f"img_{dtype}"
+
+
+def test_imagej_pixel_size_in_nm(uint16_tiff):
+    path, data = uint16_tiff
+    img = read_tiff(path)
+    assert img.pixel_size == pytest.approx((0.025, 0.025))
+    assert img.unit == "nm"
+    assert img.scale() == pytest.approx((0.025, 0.025))
+    assert img.metadata["pixel_size_source"] == "ImageJ"
+
+
+@pytest.mark.parametrize("unit, factor", [("nm", 1.0), ("\\u00C5", 0.1), ("micron", 1000.0), ("\\u00B5m", 1000.0)])
+def test_imagej_units_convert_to_nm(tmp_path, unit, factor):
+    path = tmp_path / "u.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.float32), imagej=True, resolution=(4.0, 2.0), metadata={"unit": unit})
+    img = read_tiff(path)
+    assert img.pixel_size == pytest.approx((0.5 * factor, 0.25 * factor))  # (y, x)
+
+
+def test_resolution_tags_in_centimetres(tmp_path):
+    path = tmp_path / "cm.tif"
+    # 2e8 px per cm = 0.05 nm per px
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint16), resolution=(2e8, 2e8), resolutionunit="CENTIMETER")
+    assert read_tiff(path).pixel_size == pytest.approx((0.05, 0.05))
+
+
+def test_default_72_dpi_is_not_a_pixel_size(tmp_path):
+    path = tmp_path / "dpi.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8), resolution=(72, 72), resolutionunit="INCH")
+    img = read_tiff(path)
+    assert img.pixel_size is None and img.scale() == (1.0, 1.0)
+
+
+def test_ome_pixel_size(tmp_path):
+    path = tmp_path / "x.ome.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint16), ome=True,
+                     metadata={"PhysicalSizeX": 0.03, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 0.04, "PhysicalSizeYUnit": "nm"})
+    img = read_tiff(path)
+    assert img.pixel_size == pytest.approx((0.04, 0.03))
+    assert img.metadata["pixel_size_source"] == "OME-XML"
+
+
+def test_rgb_export_becomes_one_grey_channel_with_a_note(tmp_path):
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, np.stack([grey] * 3, axis=-1), photometric="rgb")
+    img = read_tiff(path)
+    assert img.data.shape == (8, 8)
+    np.testing.assert_array_equal(img.data, grey)
+    assert img.metadata["converted_from_rgb"] is True
+    assert any("RGB" in n for n in img.notes)
+
+
+def test_multipage_stack_is_3d(tmp_path):
+    stack = np.random.default_rng(1).integers(0, 1000, (5, 16, 12)).astype(np.uint16)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack)
+    img = read_tiff(path)
+    assert img.data.shape == (5, 16, 12)
+    assert img.scale() == (1.0, 1.0, 1.0)
+
+
+def test_each_bad_file_gives_one_clear_error_naming_it(bad_files):
+    for kind, (path, words) in bad_files.items():
+        with pytest.raises(ImageFileError) as info:
+            read_tiff(path)
+        msg = str(info.value)
+        assert path.name in msg, kind
+        assert words in msg, (kind, msg)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(ImageFileError, match="no such file"):
+        read_tiff(tmp_path / "nope.tif")
+    with pytest.raises(ImageFileError, match="folder"):
+        read_tiff(tmp_path)
+
+
+def test_write_float32_keeps_values_and_pixel_size(tmp_path):
+    data = np.random.default_rng(2).normal(size=(10, 14)).astype(np.float64)
+    path = write_tiff(tmp_path / "out.tif", data, pixel_size=(0.02, 0.03))
+    img = read_tiff(path)
+    assert img.data.dtype == np.float32
+    np.testing.assert_allclose(img.data, data.astype(np.float32))
+    assert img.pixel_size == pytest.approx((0.02, 0.03))
+
+
+def test_write_uint16_maps_floats_and_records_the_mapping(tmp_path):
+    data = np.linspace(-1.0, 3.0, 100, dtype=np.float32).reshape(10, 10)
+    path = write_tiff(tmp_path / "u16.tif", data, dtype="uint16")
+    img = read_tiff(path)
+    assert img.data.dtype == np.uint16
+    assert img.data.min() == 0 and img.data.max() == 65535
+    mapping = json.loads(img.metadata["imagej"]["Info"])["uint16_mapping"]
+    restored = img.data * mapping["scale"] + mapping["offset"]
+    np.testing.assert_allclose(restored, data, atol=4 / 65535 * 1.01)
+    ints = np.arange(12, dtype=np.int32).reshape(3, 4) * 1000
+    np.testing.assert_array_equal(read_tiff(write_tiff(tmp_path / "i.tif", ints, dtype="uint16")).data, ints)
+
+
+def test_write_never_overwrites_unless_asked(tmp_path):
+    path = write_tiff(tmp_path / "a.tif", np.ones((4, 4)))
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_tiff(path, np.zeros((4, 4)))
+    assert read_tiff(path).data.max() == 1
+    write_tiff(path, np.zeros((4, 4)), overwrite=True)
+    assert read_tiff(path).data.max() == 0
+
+
+def test_full_disk_keeps_the_old_file_and_leaves_no_partial(tmp_path, monkeypatch):
+    path = write_tiff(tmp_path / "keep.tif", np.full((4, 4), 7.0))
+    before = path.read_bytes()
+
+    def full_disk(file, *a, **k):
+        with open(file, "wb") as fh:
+            fh.write(b"II*\x00partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", full_disk)
+    with pytest.raises(ImageFileError, match="No space left on device"):
+        write_tiff(path, np.zeros((4, 4)), overwrite=True)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.tif"]

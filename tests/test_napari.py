@@ -1,0 +1,82 @@
+"""The plugin as a user meets it: in a real napari viewer (under Xvfb in CI)."""
+
+import numpy as np
+import pytest
+
+from napari_emdenoise.io import read_tiff
+
+PLUGIN = "napari-emdenoise"
+
+
+def test_manifest_is_valid():
+    from npe2 import PluginManifest
+
+    pm = PluginManifest.from_distribution(PLUGIN)
+    pm.validate_imports()
+    assert pm.name == PLUGIN
+    assert {c.key for c in pm.contributions.sample_data} == {"clean_lattice", "noisy_dented"}
+
+
+def test_open_16bit_tiff_gives_image_layer_with_scale(make_napari_viewer, uint16_tiff):
+    path, data = uint16_tiff
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    assert len(layers) == 1
+    layer = viewer.layers[path.stem]
+    assert layer._type_string == "image"
+    assert layer.data.shape == (48, 64)
+    np.testing.assert_array_equal(np.asarray(layer.data), data)
+    assert layer.metadata["original_dtype"] == "uint16"
+    assert tuple(layer.scale) == pytest.approx((0.025, 0.025))
+    assert [str(u) for u in layer.units] == ["nanometer", "nanometer"]
+
+
+def test_upper_case_extension_opens(make_napari_viewer, uint16_tiff, tmp_path):
+    path, data = uint16_tiff
+    upper = tmp_path / "SCAN.TIF"
+    upper.write_bytes(path.read_bytes())
+    viewer = make_napari_viewer()
+    viewer.open(str(upper), plugin=PLUGIN)
+    assert viewer.layers["SCAN"].data.shape == data.shape
+
+
+def test_non_tiff_is_declined_so_napari_can_ask_others(tmp_path):
+    from napari_emdenoise._reader import napari_get_reader
+
+    assert napari_get_reader(str(tmp_path / "image.png")) is None
+    assert napari_get_reader(str(tmp_path / "data.npy")) is None
+    assert napari_get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
+    assert callable(napari_get_reader(str(tmp_path / "a.tif")))
+
+
+def test_each_bad_file_gives_its_clear_error_in_the_viewer(make_napari_viewer, bad_files):
+    viewer = make_napari_viewer()
+    for kind, (path, words) in bad_files.items():
+        with pytest.raises(Exception) as info:
+            viewer.open(str(path), plugin=PLUGIN)
+        text = str(info.value) + str(info.value.__cause__ or "")
+        assert words in text and path.name in text, (kind, text)
+    assert len(viewer.layers) == 0
+
+
+@pytest.mark.parametrize("key, name", [("clean_lattice", "clean lattice"), ("noisy_dented", "noisy dented")])
+def test_sample_data_loads(make_napari_viewer, key, name):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, key)
+    layer = viewer.layers[name]
+    assert layer.data.shape == (512, 512)
+    assert np.isfinite(layer.data).all() and layer.data.std() > 0
+    assert tuple(layer.scale) == pytest.approx((0.02, 0.02))
+
+
+def test_writer_saves_float32_with_pixel_size(make_napari_viewer, uint16_tiff, tmp_path):
+    path, data = uint16_tiff
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin=PLUGIN)
+    out = tmp_path / "saved.tif"
+    written = viewer.layers.save(str(out), selected=False, plugin=PLUGIN)
+    assert written == [str(out)]
+    img = read_tiff(out)
+    assert img.data.dtype == np.float32
+    np.testing.assert_array_equal(img.data, data.astype(np.float32))
+    assert img.pixel_size == pytest.approx((0.025, 0.025))
