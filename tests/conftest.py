@@ -42,3 +42,27 @@ def bad_files(tmp_path, uint16_tiff):
         tifffile.imwrite(p, np.zeros((0, 16), np.uint16))
     files["empty image"] = (p, "empty")
     return files
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory):
+    """A small real denoiser: resnet_6blocks, ngf 8, trained paired for 200 iterations (~10 s) at period 12."""
+    from napari_emdenoise.checkpoints import save_generator
+    from napari_emdenoise.nets import GeneratorConfig
+    from napari_emdenoise.simulate import simulate
+    from napari_emdenoise.train import PairedConfig, run, train_paired
+
+    sims = [simulate(size=192, period=12, dose=d, dents=1, seed=i) for i, d in enumerate((3, 6, 12, 4))]
+    cfg = PairedConfig(generator=GeneratorConfig(netG="resnet_6blocks", ngf=8), iterations=200, seed=0)
+    net, info = run(train_paired([s.noisy for s in sims], [s.clean for s in sims], cfg))
+    path = tmp_path_factory.mktemp("model") / "small.safetensors"
+    save_generator(path, net, info)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dented_image():
+    """A 384x448 simulated noisy image (period 12 px, 6 counts/px) with a deep dent, and its truth."""
+    from napari_emdenoise.simulate import simulate
+
+    return simulate(size=(384, 448), period=12, dose=6, dents=1, dent_depth=0.5, seed=99)

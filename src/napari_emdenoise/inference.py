@@ -1,0 +1,352 @@
+"""The one way to denoise: normalise -> rescale -> tiles -> batches -> device -> blend -> back.
+
+:func:`iter_denoise` is a generator of :class:`Progress` events that returns the result;
+the napari widget runs it in a ``thread_worker`` (quitting the worker cancels it at the
+next batch) and :func:`denoise` drives it for scripts and the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Generator
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import tiling
+from .checkpoints import ModelInfo, load_generator, model_info
+from .lattice import estimate_period, resample
+
+DEFAULT_MODEL = Path(__file__).parent / "models" / "default.safetensors"
+CLIP = 3.0  # normalised input is clipped to [-CLIP, CLIP]: hot pixels cannot dominate a tile
+RESCALE_TOLERANCE = 0.03  # relative scale mismatch below which the image is not resampled
+
+
+class DenoiseWarning(UserWarning):
+    """Something the user should know about a denoising run (shown in napari, printed by the CLI)."""
+
+
+class Cancelled(Exception):
+    """The run was cancelled; no result exists."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``done`` of ``total`` tiles (over all planes of a stack)."""
+
+    done: int
+    total: int
+    stage: str = "denoise"
+
+
+@dataclass
+class Plan:
+    """What a run will do, for the user to see before pressing the button."""
+
+    period: float | None  # estimated or given image period (px)
+    model_period: float | None
+    scale: float  # resampling factor applied to the image (1: none)
+    note: str
+
+
+# --------------------------------------------------------------------------- pieces
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then CPU; a named device must exist."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def available_devices() -> list[str]:
+    devs = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devs.insert(1, "cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devs.insert(1, "mps")
+    return devs
+
+
+def resolve_model(model: str | os.PathLike | nn.Module | None) -> nn.Module:
+    """A module from a path, a module, or None for the bundled default model."""
+    if isinstance(model, nn.Module):
+        return model
+    if model is None:
+        if not DEFAULT_MODEL.exists():
+            raise FileNotFoundError(
+                "this installation has no bundled default model yet; pass a checkpoint "
+                "(a reference *_net_G_A.pth or a .safetensors model) as model="
+            )
+        model = DEFAULT_MODEL
+    return load_generator(model)
+
+
+def normalize(image: np.ndarray, low: float, high: float) -> tuple[np.ndarray, float, float]:
+    """Map the [low, high] percentiles of the finite pixels to [-1, 1] (clipped at +-CLIP)."""
+    finite = image[np.isfinite(image)]
+    lo, hi = (float(v) for v in np.percentile(finite, [low, high]))
+    if not hi > lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    if not hi > lo:
+        hi = lo + 1.0
+    x = (image.astype(np.float32) - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - np.float32(1.0)
+    np.clip(x, -CLIP, CLIP, out=x)
+    return x, lo, hi
+
+
+def denormalize(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    x *= np.float32((hi - lo) / 2.0)
+    x += np.float32((hi + lo) / 2.0)
+    return x
+
+
+def plan_rescale(image: np.ndarray, info: ModelInfo, period: float | None = None, rescale: bool = True) -> Plan:
+    """Decide the resampling factor that brings the image to the model's training period."""
+    if not rescale:
+        return Plan(period, info.period, 1.0, "scale normalisation off")
+    if period is None:
+        est = estimate_period(image)
+        if not est.found:
+            return Plan(None, info.period, 1.0, "no clear lattice found in the image: not rescaled")
+        period = est.period
+    if info.period is None:
+        return Plan(period, None, 1.0, f"image period {period:.2f} px; the model does not record its training period: not rescaled")
+    scale = info.period / period
+    if abs(scale - 1.0) < RESCALE_TOLERANCE:
+        return Plan(period, info.period, 1.0, f"image period {period:.2f} px matches the model's {info.period:.2f} px")
+    return Plan(period, info.period, scale, f"image period {period:.2f} px resampled x{scale:.3f} to the model's {info.period:.2f} px")
+
+
+def _auto_batch(net: nn.Module, tile_px: int, device: torch.device) -> int:
+    ngf = max((m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)), default=64)
+    per_tile = tile_px * ngf * 4 * 3  # bytes: ~3 live full-resolution activations of the widest layer
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free * 0.4
+    else:
+        budget = 512 * 2**20
+    return int(max(1, min(64, budget // per_tile)))
+
+
+def _calibration_budget(net: nn.Module, device: torch.device) -> int:
+    """Pixels of tiles used jointly to take whole-image statistics (one batch)."""
+    ngf = max((m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)), default=64)
+    budget = 2 * 2**30 if device.type == "cuda" else 384 * 2**20
+    return int(budget // (ngf * 4 * 3))
+
+
+def _channels(net: nn.Module) -> tuple[int, int]:
+    convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    first, last = convs[0], convs[-1]
+    out_c = last.out_channels
+    return first.in_channels, out_c
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+# --------------------------------------------------------------------------- the tiled pass
+def _tiled_pass(
+    net: nn.Module, x: np.ndarray, tile: int | None, overlap: int, batch_size: int, device: torch.device,
+    amp: bool, progress_offset: int, progress_total: int,
+) -> Generator[Progress, None, np.ndarray]:
+    """Denoise one normalised 2D array; yields progress (in tiles) per batch; returns the blend."""
+    h, w = x.shape
+    multiple = tiling.size_multiple(net)
+    # pad as a whole-image pass would, so that every tile sits on the network's sampling grid
+    x = tiling.pad_to_multiple(torch.from_numpy(x)[None, None], multiple)[0][0, 0].numpy()
+    tiles = _plan(x.shape, tile, overlap, multiple)
+    in_c, _ = _channels(net)
+    th = tiles[0].rows.stop - tiles[0].rows.start
+    tw = tiles[0].cols.stop - tiles[0].cols.start
+    autocast = torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
+
+    def to_batch(group: list[tiling.Tile]) -> torch.Tensor:
+        t = torch.from_numpy(np.stack([x[t.slices] for t in group])[:, None]).to(device)
+        if in_c != 1:  # an RGB model sees the grey image in every channel
+            t = t.repeat(1, in_c, 1, 1)
+        return t
+
+    try:
+        if len(tiles) > 1 and tiling.tile_norms(net):
+            cal = tiling.calibration_tiles(tiles, _calibration_budget(net, device))
+            batch = to_batch(cal)
+            mask = torch.from_numpy(np.stack([t.core_mask() for t in cal])[:, None]).to(device)
+            with autocast:
+                tiling.record_statistics(net, batch, mask)
+            del batch, mask
+            yield Progress(progress_offset, progress_total, "statistics")
+        out = np.zeros(x.shape, dtype=np.float32)
+        i, bs = 0, batch_size
+        while i < len(tiles):
+            group = tiles[i : i + bs]
+            try:
+                with torch.no_grad(), autocast:
+                    y = net(to_batch(group))
+            except RuntimeError as exc:
+                if not _is_oom(exc):
+                    raise
+                if bs == 1:
+                    raise MemoryError(f"one {th}x{tw} tile does not fit in {device.type} memory; choose a smaller tile size") from exc
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                bs = max(1, bs // 2)
+                warnings.warn(f"out of {device.type} memory: batch size lowered to {bs}", DenoiseWarning, stacklevel=2)
+                continue
+            y = y.float().mean(dim=1).cpu().numpy()  # a 3-channel output is averaged to grey
+            for t, yt in zip(group, y):
+                out[t.slices] += yt * t.window()
+            i += len(group)
+            yield Progress(progress_offset + i, progress_total)
+        return out[:h, :w]
+    finally:  # also on cancel: the module is left as the reference code would use it
+        tiling.set_norm_mode(net, "instance")
+
+
+def _plan(shape: tuple[int, int], tile: int | None, overlap: int, align: int) -> list[tiling.Tile]:
+    padded = tuple(-(-n // align) * align for n in shape)
+    return tiling.plan_tiles(padded, tile, overlap, align=align)
+
+
+# --------------------------------------------------------------------------- public entry points
+def _check_image(image) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.dtype == object or arr.dtype.kind not in "uif":
+        raise TypeError(f"image must be a numeric array (8/16/32-bit integers or floats), got dtype {arr.dtype}")
+    if arr.ndim < 2 or 0 in arr.shape:
+        raise ValueError(f"image must be a non-empty 2D image or a stack of them, got shape {arr.shape}")
+    if min(arr.shape[-2:]) < 8:
+        raise ValueError(f"image is too small to denoise: {arr.shape[-2:]} px (at least 8x8)")
+    return arr
+
+
+def iter_denoise(
+    image,
+    model: str | os.PathLike | nn.Module | None = None,
+    *,
+    tile: int | None = 512,
+    overlap: int = 64,
+    batch_size: int | None = None,
+    device: str = "auto",
+    period: float | None = None,
+    rescale: bool = True,
+    amp: bool = True,
+) -> Generator[Progress, None, np.ndarray]:
+    """Generator form of :func:`denoise`: yields :class:`Progress` per batch, returns the result.
+
+    Closing the generator (or quitting its napari worker) stops it before the next batch.
+    """
+    arr = _check_image(image)
+    net = resolve_model(model)
+    info = model_info(net)
+    dev = pick_device(device)
+    net = net.to(dev).eval()
+    planes = arr.reshape(-1, *arr.shape[-2:])
+    out = np.empty(planes.shape, dtype=np.float32)
+    plans, prepared = [], []
+    for k, plane in enumerate(planes):  # plan every plane first so the total is known
+        finite = np.isfinite(plane) if plane.dtype.kind == "f" else None
+        bad = 0 if finite is None else int(plane.size - finite.sum())
+        if bad == plane.size:
+            raise ValueError("the image has no finite pixels (all NaN or Inf)")
+        plan = plan_rescale(np.where(finite, plane, np.nanmedian(plane[finite])) if bad else plane, info, period, rescale)
+        plans.append(plan)
+        prepared.append((finite if bad else None, bad))
+    bs = batch_size
+    shapes = [
+        (max(8, round(p.shape[0] * pl.scale)), max(8, round(p.shape[1] * pl.scale))) for p, pl in zip(planes, plans)
+    ]
+    align = tiling.size_multiple(net)
+    if bs is None:
+        first = _plan(shapes[0], tile, overlap, align)[0]
+        bs = _auto_batch(net, (first.rows.stop - first.rows.start) * (first.cols.stop - first.cols.start), dev)
+    total = sum(len(_plan(s, tile, overlap, align)) for s in shapes)
+    notes = sorted({pl.note for pl in plans})
+    for note in notes:
+        if "not rescaled" in note or "resampled" in note:
+            warnings.warn(note, DenoiseWarning, stacklevel=2)
+    done = 0
+    yield Progress(0, total, "start")
+    for k, plane in enumerate(planes):
+        finite, bad = prepared[k]
+        if bad:
+            warnings.warn(
+                f"{bad} NaN/Inf pixel(s) were replaced by the median for denoising and are NaN in the output",
+                DenoiseWarning, stacklevel=2,
+            )
+            plane = np.where(finite, plane, np.median(plane[finite]))
+        x, lo, hi = normalize(plane, info.norm_low, info.norm_high)
+        if plans[k].scale != 1.0:
+            x = resample(x, shapes[k])
+        y = yield from _tiled_pass(net, x, tile, overlap, bs, dev, amp, done, total)
+        done += len(_plan(shapes[k], tile, overlap, align))
+        if y.shape != plane.shape:
+            y = resample(y, plane.shape)
+        y = denormalize(y, lo, hi)
+        if bad:
+            y[~finite] = np.nan
+        out[k] = y
+    return out.reshape(arr.shape)
+
+
+def _as_cancel(cancel) -> Callable[[], bool]:
+    if cancel is None:
+        return lambda: False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set
+    return cancel
+
+
+def denoise(
+    image,
+    model: str | os.PathLike | nn.Module | None = None,
+    *,
+    tile: int | None = 512,
+    overlap: int = 64,
+    batch_size: int | None = None,
+    device: str = "auto",
+    period: float | None = None,
+    rescale: bool = True,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: Callable[[], bool] | threading.Event | None = None,
+    amp: bool = True,
+) -> np.ndarray:
+    """Denoise a 2D image (or each plane of a stack) and return float32 of the same shape.
+
+    ``model``: a checkpoint path (reference ``*_net_G_A.pth`` or our ``.safetensors``), a
+    module from :func:`load_generator`, or None for the bundled default. ``tile=None``
+    runs the whole image in one pass; otherwise overlapping ``tile``-px tiles are blended
+    with a smooth window and normalised with whole-image statistics. ``rescale``
+    resamples the image to the model's training period (``period`` overrides the
+    estimate, in px). ``progress`` receives a :class:`Progress` per batch; ``cancel``
+    (a callable or ``threading.Event``) stops the run within one batch by raising
+    :class:`Cancelled`. ``amp`` uses float16 autocast on CUDA (ignored elsewhere).
+    """
+    should_stop = _as_cancel(cancel)
+    gen = iter_denoise(image, model, tile=tile, overlap=overlap, batch_size=batch_size, device=device, period=period, rescale=rescale, amp=amp)
+    while True:
+        if should_stop():
+            gen.close()
+            raise Cancelled("denoising was cancelled")
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(event)
+

@@ -1,0 +1,91 @@
+"""Lattice-period estimate from the image's Fourier transform, and resampling to a model's scale.
+
+"Period" here is the spacing, in pixels, of the lattice planes of the strongest Bragg
+reflection below the Nyquist limit: for a square lattice that is the lattice constant;
+for a hexagonal lattice of constant a it is a*sqrt(3)/2. Models record the period of
+their training data measured by this same estimator, so matching the two numbers
+matches the scale whatever the lattice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+MIN_PERIOD = 2.5  # px; below this columns are not resolved
+MAX_PERIOD = 128.0  # px; longer wavelengths are dents and gradients, not the lattice
+MIN_CONTRAST = 100.0  # Bragg peak power over the median power at the same frequency (noise alone: ~20)
+
+
+@dataclass(frozen=True)
+class PeriodEstimate:
+    period: float | None  # px, None when no clear lattice was found
+    contrast: float  # peak power / median power at that spatial frequency
+    angle: float  # direction of the reflection, degrees
+
+    @property
+    def found(self) -> bool:
+        return self.period is not None
+
+
+def _analysis_crop(image: np.ndarray, max_side: int = 1024) -> np.ndarray:
+    """A central crop no larger than max_side: enough periods, bounded cost on 8k images."""
+    h, w = image.shape
+    ch, cw = min(h, max_side), min(w, max_side)
+    r0, c0 = (h - ch) // 2, (w - cw) // 2
+    return image[r0 : r0 + ch, c0 : c0 + cw]
+
+
+def estimate_period(image: np.ndarray, min_period: float = MIN_PERIOD, max_period: float = MAX_PERIOD) -> PeriodEstimate:
+    """Estimate the lattice period (px) of a 2D image from its strongest Bragg reflection."""
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"estimate_period needs a 2D image, got shape {img.shape}")
+    img = _analysis_crop(np.where(np.isfinite(img), img, np.nanmedian(img) if np.isfinite(img).any() else 0.0))
+    h, w = img.shape
+    if min(h, w) < 16 or img.std() == 0:
+        return PeriodEstimate(None, 0.0, 0.0)
+    # remove slow variation (dents, gradients) so it does not leak into the lattice frequencies
+    low = ndimage.gaussian_filter(img, sigma=max_period / 2, mode="reflect")
+    win = np.outer(np.hanning(h), np.hanning(w))
+    power = np.abs(np.fft.fftshift(np.fft.fft2((img - low) * win))) ** 2
+    fy = np.fft.fftshift(np.fft.fftfreq(h))[:, None]
+    fx = np.fft.fftshift(np.fft.fftfreq(w))[None, :]
+    fr = np.hypot(fy, fx)
+    band = (fr >= 1.0 / max_period) & (fr <= 1.0 / min_period)
+    if min(h, w) < 2 * max_period:  # small image: at least 2 periods across
+        band &= fr >= 2.0 / min(h, w)
+    if not band.any():
+        return PeriodEstimate(None, 0.0, 0.0)
+    masked = np.where(band, power, 0.0)
+    iy, ix = np.unravel_index(np.argmax(masked), masked.shape)
+    # contrast against the median power in a thin ring at the same frequency
+    ring = band & (np.abs(fr - fr[iy, ix]) <= 1.5 / min(h, w))
+    contrast = float(power[iy, ix] / max(np.median(power[ring]), 1e-30))
+    # sub-pixel centre of the peak: power-weighted centroid in a 3x3 neighbourhood
+    y0, y1, x0, x1 = max(iy - 1, 0), min(iy + 2, h), max(ix - 1, 0), min(ix + 2, w)
+    pw = power[y0:y1, x0:x1]
+    cfy = float((pw * fy[y0:y1, :]).sum() / pw.sum())
+    cfx = float((pw * fx[:, x0:x1]).sum() / pw.sum())
+    f = np.hypot(cfy, cfx)
+    angle = float(np.degrees(np.arctan2(cfy, cfx)))
+    if contrast < MIN_CONTRAST or f == 0:
+        return PeriodEstimate(None, contrast, angle)
+    return PeriodEstimate(float(1.0 / f), contrast, angle)
+
+
+def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resample a 2D float image to ``shape`` (cubic spline; anti-aliased when shrinking)."""
+    h, w = image.shape
+    if (h, w) == tuple(shape):
+        return image.astype(np.float32, copy=False)
+    zy, zx = shape[0] / h, shape[1] / w
+    src = image
+    if zy < 1 or zx < 1:  # low-pass to the new Nyquist limit before shrinking
+        src = ndimage.gaussian_filter(image, sigma=(max(0.0, (1 / zy - 1) / 2), max(0.0, (1 / zx - 1) / 2)), mode="reflect")
+    out = ndimage.zoom(src.astype(np.float32, copy=False), (zy, zx), order=3, mode="reflect", grid_mode=True)
+    if out.shape != tuple(shape):  # zoom rounds; crop or pad to the exact shape
+        out = np.pad(out, [(0, max(0, s - o)) for s, o in zip(shape, out.shape)], mode="edge")[: shape[0], : shape[1]]
+    return out

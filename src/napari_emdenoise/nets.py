@@ -1,0 +1,271 @@
+"""Generators and discriminator with the reference CycleGAN code's layers and state-dict keys.
+
+The module structure (and therefore every key such as ``model.10.conv_block.5.weight``)
+follows junyanz/pytorch-CycleGAN-and-pix2pix ``models/networks.py``, so a user's
+``latest_net_G_A.pth`` loads with ``strict=True`` and computes the same function.
+
+One addition, :class:`TileNorm`, replaces ``nn.InstanceNorm2d(affine=False)``. It has no
+parameters or buffers (the state dict is unchanged) and by default computes exactly
+what InstanceNorm computes. For tiled inference it can instead *record* statistics
+jointly over a batch of tiles and then *apply* those fixed statistics to every tile, so
+all tiles are normalised alike and no seam or intensity step appears (see ``tiling``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+NORMS = ("instance", "batch", "none")
+GENERATORS = ("resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256")
+
+
+class TileNorm(nn.Module):
+    """InstanceNorm2d(affine=False, track_running_stats=False) with switchable statistics.
+
+    mode "instance": per sample and channel over H, W (the reference behaviour).
+    mode "record":   statistics over the whole batch, restricted to ``weight_mask``
+                     (1 where a pixel belongs to its tile's own region), stored in ``stats``.
+    mode "fixed":    normalise with the stored ``stats``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.mode = "instance"
+        self.stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.mask: torch.Tensor | None = None  # (N, 1, h, w) at input resolution, set by the caller
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "instance":
+            return nn.functional.instance_norm(x, eps=self.eps)
+        xf = x.float()
+        if self.mode == "record":
+            m = self.mask
+            if m is None:
+                raise RuntimeError("TileNorm in record mode needs a mask")
+            if m.shape[-2:] != x.shape[-2:]:
+                m = nn.functional.interpolate(m, size=x.shape[-2:], mode="nearest")
+            m = m.to(xf.dtype)
+            n = m.sum()
+            mean = (xf * m).sum(dim=(0, 2, 3)) / n
+            var = (((xf - mean.view(1, -1, 1, 1)) ** 2) * m).sum(dim=(0, 2, 3)) / n
+            self.stats = (mean.detach(), var.detach())
+        if self.stats is None:
+            raise RuntimeError("TileNorm in fixed mode before statistics were recorded")
+        mean, var = self.stats
+        y = (xf - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, mode={self.mode}"
+
+
+def get_norm_layer(norm: str = "instance"):
+    """The reference's norm choice: batch (affine, running stats), instance (no affine), none."""
+    if norm == "batch":
+        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
+    if norm == "instance":
+        return TileNorm
+    if norm == "none":
+        return lambda num_features: nn.Identity()
+    raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, dim: int, padding_type: str, norm_layer, use_dropout: bool, use_bias: bool):
+        super().__init__()
+        self.conv_block = self.build_conv_block(dim, padding_type, norm_layer, use_dropout, use_bias)
+
+    @staticmethod
+    def _pad(padding_type: str) -> tuple[list[nn.Module], int]:
+        if padding_type == "reflect":
+            return [nn.ReflectionPad2d(1)], 0
+        if padding_type == "replicate":
+            return [nn.ReplicationPad2d(1)], 0
+        if padding_type == "zero":
+            return [], 1
+        raise ValueError(f"padding {padding_type!r} is not implemented")
+
+    def build_conv_block(self, dim, padding_type, norm_layer, use_dropout, use_bias) -> nn.Sequential:
+        pad, p = self._pad(padding_type)
+        block = pad + [nn.Conv2d(dim, dim, kernel_size=3, padding=p, bias=use_bias), norm_layer(dim), nn.ReLU(True)]
+        if use_dropout:
+            block += [nn.Dropout(0.5)]
+        pad, p = self._pad(padding_type)
+        block += pad + [nn.Conv2d(dim, dim, kernel_size=3, padding=p, bias=use_bias), norm_layer(dim)]
+        return nn.Sequential(*block)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """Two stride-2 downsamplings, ``n_blocks`` residual blocks, two upsamplings (reference layout)."""
+
+    def __init__(self, input_nc, output_nc, ngf=64, norm_layer=TileNorm, use_dropout=False, n_blocks=6, padding_type="reflect", use_bias=True):
+        super().__init__()
+        model = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(input_nc, ngf, kernel_size=7, padding=0, bias=use_bias),
+            norm_layer(ngf),
+            nn.ReLU(True),
+        ]
+        for i in range(2):
+            mult = 2**i
+            model += [
+                nn.Conv2d(ngf * mult, ngf * mult * 2, kernel_size=3, stride=2, padding=1, bias=use_bias),
+                norm_layer(ngf * mult * 2),
+                nn.ReLU(True),
+            ]
+        mult = 4
+        for _ in range(n_blocks):
+            model += [ResnetBlock(ngf * mult, padding_type, norm_layer, use_dropout, use_bias)]
+        for i in range(2):
+            mult = 2 ** (2 - i)
+            model += [
+                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=use_bias),
+                norm_layer(ngf * mult // 2),
+                nn.ReLU(True),
+            ]
+        model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
+        self.model = nn.Sequential(*model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class UnetSkipConnectionBlock(nn.Module):
+    def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None, outermost=False, innermost=False,
+                 norm_layer=TileNorm, use_dropout=False, use_bias=True):
+        super().__init__()
+        self.outermost = outermost
+        input_nc = outer_nc if input_nc is None else input_nc
+        downconv = nn.Conv2d(input_nc, inner_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
+        downrelu = nn.LeakyReLU(0.2, True)
+        uprelu = nn.ReLU(True)
+        if outermost:
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1)
+            model = [downconv, submodule, uprelu, upconv, nn.Tanh()]
+        elif innermost:
+            upconv = nn.ConvTranspose2d(inner_nc, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
+            model = [downrelu, downconv, uprelu, upconv, norm_layer(outer_nc)]
+        else:
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
+            model = [downrelu, downconv, norm_layer(inner_nc), submodule, uprelu, upconv, norm_layer(outer_nc)]
+            if use_dropout:
+                model += [nn.Dropout(0.5)]
+        self.model = nn.Sequential(*model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], 1)
+
+
+class UnetGenerator(nn.Module):
+    """U-Net with ``num_downs`` halvings (7 for unet_128, 8 for unet_256); input side a multiple of 2**num_downs."""
+
+    def __init__(self, input_nc, output_nc, num_downs, ngf=64, norm_layer=TileNorm, use_dropout=False, use_bias=True):
+        super().__init__()
+        kw = dict(norm_layer=norm_layer, use_bias=use_bias)
+        block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, innermost=True, **kw)
+        for _ in range(num_downs - 5):
+            block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, use_dropout=use_dropout, **kw)
+        block = UnetSkipConnectionBlock(ngf * 4, ngf * 8, submodule=block, **kw)
+        block = UnetSkipConnectionBlock(ngf * 2, ngf * 4, submodule=block, **kw)
+        block = UnetSkipConnectionBlock(ngf, ngf * 2, submodule=block, **kw)
+        self.model = UnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True, **kw)
+        self.num_downs = num_downs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class NLayerDiscriminator(nn.Module):
+    """The reference PatchGAN discriminator (70x70 receptive field for n_layers=3)."""
+
+    def __init__(self, input_nc, ndf=64, n_layers=3, norm_layer=TileNorm, use_bias=True):
+        super().__init__()
+        kw, padw = 4, 1
+        seq = [nn.Conv2d(input_nc, ndf, kernel_size=kw, stride=2, padding=padw), nn.LeakyReLU(0.2, True)]
+        nf_mult = 1
+        for n in range(1, n_layers):
+            prev, nf_mult = nf_mult, min(2**n, 8)
+            seq += [
+                nn.Conv2d(ndf * prev, ndf * nf_mult, kernel_size=kw, stride=2, padding=padw, bias=use_bias),
+                norm_layer(ndf * nf_mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        prev, nf_mult = nf_mult, min(2**n_layers, 8)
+        seq += [
+            nn.Conv2d(ndf * prev, ndf * nf_mult, kernel_size=kw, stride=1, padding=padw, bias=use_bias),
+            norm_layer(ndf * nf_mult),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * nf_mult, 1, kernel_size=kw, stride=1, padding=padw),
+        ]
+        self.model = nn.Sequential(*seq)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Everything needed to rebuild a reference generator (the reference's option names)."""
+
+    netG: str = "resnet_6blocks"
+    input_nc: int = 1
+    output_nc: int = 1
+    ngf: int = 64
+    norm: str = "instance"
+    use_dropout: bool = False
+    padding_type: str = "reflect"
+    n_blocks: int | None = None  # resnet: overrides the count in netG (e.g. resnet_3blocks)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_generator(cfg: GeneratorConfig) -> nn.Module:
+    """A generator from its configuration (no weights initialised beyond torch defaults)."""
+    norm_layer = get_norm_layer(cfg.norm)
+    # the reference gives convolutions a bias exactly when the norm is InstanceNorm
+    use_bias = cfg.norm == "instance"
+    if cfg.netG.startswith("resnet_"):
+        n_blocks = cfg.n_blocks or int(cfg.netG.removeprefix("resnet_").removesuffix("blocks"))
+        return ResnetGenerator(cfg.input_nc, cfg.output_nc, cfg.ngf, norm_layer, cfg.use_dropout, n_blocks, cfg.padding_type, use_bias)
+    if cfg.netG in ("unet_128", "unet_256"):
+        return UnetGenerator(cfg.input_nc, cfg.output_nc, 7 if cfg.netG == "unet_128" else 8, cfg.ngf, norm_layer, cfg.use_dropout, use_bias)
+    if cfg.netG.startswith("unet_"):
+        raise ValueError(f"unknown U-Net {cfg.netG!r}; use unet_128 or unet_256")
+    raise ValueError(f"unknown generator {cfg.netG!r}; use one of {GENERATORS}")
+
+
+def build_discriminator(input_nc: int = 1, ndf: int = 64, n_layers: int = 3, norm: str = "instance") -> NLayerDiscriminator:
+    return NLayerDiscriminator(input_nc, ndf, n_layers, get_norm_layer(norm), use_bias=norm == "instance")
+
+
+def init_weights(net: nn.Module, gain: float = 0.02, seed: int | None = None) -> nn.Module:
+    """The reference's 'normal' init: conv weights N(0, gain), biases 0, norm weights N(1, gain)."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    for m in net.modules():
+        name = m.__class__.__name__
+        if hasattr(m, "weight") and m.weight is not None and ("Conv" in name or "Linear" in name):
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * gain)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+        elif "BatchNorm2d" in name:
+            with torch.no_grad():
+                m.weight.copy_(1.0 + torch.randn(m.weight.shape, generator=gen) * gain)
+                m.bias.zero_()
+    return net
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

@@ -1,0 +1,170 @@
+"""Tile plan, blending windows and whole-image normalisation statistics for tiled inference.
+
+Neighbouring tiles share a strip at least ``overlap`` px wide. A blend zone half that
+wide is centred in the strip: across it one tile's weight falls as cos^2 while the
+other's rises as sin^2, so the weights of all tiles sum to exactly 1 at every pixel (a
+partition of unity) and no seam is possible by construction. The outer quarter of the
+overlap at each tile edge, where convolution padding makes a tile differ from the whole
+image, gets weight 0: it serves only as context.
+
+Each tile also owns a *core*: the pixels closer to it than to any neighbour. The cores
+partition the image; they are what the whole-image InstanceNorm statistics are computed
+over (see :func:`record_statistics`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .nets import TileNorm, UnetGenerator
+
+
+@dataclass(frozen=True)
+class AxisTile:
+    start: int
+    stop: int
+    core_start: int  # image coordinates
+    core_stop: int
+    weight: np.ndarray  # (stop - start,) blending weight
+
+
+@dataclass(frozen=True)
+class Tile:
+    rows: AxisTile
+    cols: AxisTile
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.rows.start, self.rows.stop), slice(self.cols.start, self.cols.stop)
+
+    def window(self) -> np.ndarray:
+        return np.outer(self.rows.weight, self.cols.weight).astype(np.float32)
+
+    def core_mask(self) -> np.ndarray:
+        r, c = self.rows, self.cols
+        m = np.zeros((r.stop - r.start, c.stop - c.start), dtype=np.float32)
+        m[r.core_start - r.start : r.core_stop - r.start, c.core_start - c.start : c.core_stop - c.start] = 1
+        return m
+
+
+def _rise(x: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """0 before the zone, sin^2 ramp across it, 1 after; a step when width is 0."""
+    if width <= 0:
+        return (x >= centre).astype(np.float64)
+    t = np.clip((x - (centre - width / 2)) / width, 0.0, 1.0)
+    return np.sin(np.pi / 2 * t) ** 2
+
+
+def plan_axis(n: int, tile: int, overlap: int, align: int = 1) -> list[AxisTile]:
+    """Tiles along one axis of length n: evenly spaced, each ``min(tile, n)`` long.
+
+    Starts are multiples of ``align`` (a network that downsamples by 4 computes the same
+    function on a tile only if the tile starts on its sampling grid); n and tile must
+    then be multiples of ``align`` too.
+    """
+    if n <= tile:
+        return [AxisTile(0, n, 0, n, np.ones(n))]
+    units = (n - tile) // align
+    step = max(1, (tile - overlap) // align)  # largest start-to-start distance, in align units
+    count = int(np.ceil(units / step)) + 1
+    starts = np.rint(np.linspace(0, units, count)).astype(int) * align
+    stops = starts + tile
+    bounds = [(starts[i + 1] + stops[i]) / 2 for i in range(count - 1)]  # centre of each shared strip
+    x = np.arange(tile) + 0.5
+    out = []
+    for i in range(count):
+        pos = starts[i] + x
+        w = np.ones(tile)
+        if i > 0:
+            w *= _rise(pos, bounds[i - 1], overlap / 2)
+        if i < count - 1:
+            w *= 1.0 - _rise(pos, bounds[i], overlap / 2)
+        core0 = 0 if i == 0 else int(np.floor(bounds[i - 1]))
+        core1 = n if i == count - 1 else int(np.floor(bounds[i]))
+        out.append(AxisTile(int(starts[i]), int(stops[i]), core0, core1, w))
+    return out
+
+
+def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, align: int = 1) -> list[Tile]:
+    """Tiles covering a 2D image; ``tile=None`` gives one tile, the whole image.
+
+    With ``align`` > 1 the image sides must be multiples of it (see :func:`pad_to_multiple`);
+    the tile size is rounded down to a multiple of it (at least ``align``).
+    """
+    h, w = shape
+    if tile is None:
+        return [Tile(plan_axis(h, h, 0)[0], plan_axis(w, w, 0)[0])]
+    if tile < 16:
+        raise ValueError(f"tile must be at least 16 px, got {tile}")
+    if not 0 <= overlap <= tile // 2:
+        raise ValueError(f"overlap must be between 0 and half the tile ({tile // 2} px), got {overlap}")
+    if h % align or w % align:
+        raise ValueError(f"image sides {shape} must be multiples of {align}; pad the image first")
+    tile = max(align, tile // align * align)
+    return [Tile(r, c) for r in plan_axis(h, tile, overlap, align) for c in plan_axis(w, tile, overlap, align)]
+
+
+def size_multiple(net: nn.Module) -> int:
+    """Input sides must be a multiple of this for the output to match the input's size."""
+    if isinstance(net, UnetGenerator):
+        return 2**net.num_downs
+    return 4
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad (N, C, H, W) at the bottom/right to multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return nn.functional.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+def tile_norms(net: nn.Module) -> list[TileNorm]:
+    return [m for m in net.modules() if isinstance(m, TileNorm)]
+
+
+def set_norm_mode(net: nn.Module, mode: str) -> None:
+    for m in tile_norms(net):
+        m.mode = mode
+        if mode == "instance":
+            m.stats = None
+            m.mask = None
+
+
+def calibration_tiles(tiles: list[Tile], budget_px: int) -> list[Tile]:
+    """All tiles when they fit the pixel budget, else an evenly spread subset."""
+    per = (tiles[0].rows.stop - tiles[0].rows.start) * (tiles[0].cols.stop - tiles[0].cols.start)
+    k = max(1, min(len(tiles), budget_px // max(per, 1)))
+    if k >= len(tiles):
+        return tiles
+    idx = np.unique(np.rint(np.linspace(0, len(tiles) - 1, k)).astype(int))
+    return [tiles[i] for i in idx]
+
+
+@torch.no_grad()
+def record_statistics(net: nn.Module, batch: torch.Tensor, mask: torch.Tensor) -> None:
+    """Run ``batch`` once with every InstanceNorm taking statistics over all tiles' cores jointly.
+
+    Afterwards every :class:`TileNorm` applies those fixed statistics, so each tile is
+    normalised as the whole image would be.
+    """
+    norms = tile_norms(net)
+    for m in norms:
+        m.mode, m.mask = "record", mask
+    try:
+        net(batch)
+    finally:
+        for m in norms:
+            m.mode, m.mask = "fixed", None
+
+
+def iter_batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
+    for i in range(0, len(tiles), batch_size):
+        yield tiles[i : i + batch_size]

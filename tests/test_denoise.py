@@ -1,0 +1,167 @@
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from napari_emdenoise import Cancelled, denoise, load_generator
+from napari_emdenoise.inference import DenoiseWarning, Progress, pick_device, plan_rescale
+from napari_emdenoise.nets import GeneratorConfig, build_generator, init_weights
+from napari_emdenoise.simulate import simulate
+from napari_emdenoise.tiling import tile_norms
+
+
+def _psnr(x, truth):
+    return 10 * np.log10((truth.max() - truth.min()) ** 2 / np.mean((x - truth) ** 2))
+
+
+def test_the_small_model_denoises(trained_model, dented_image):
+    out = denoise(dented_image.noisy, trained_model, tile=None)
+    assert out.dtype == np.float32 and out.shape == dented_image.noisy.shape
+    assert _psnr(out, dented_image.clean) > _psnr(dented_image.noisy, dented_image.clean) + 5
+
+
+@pytest.mark.parametrize("tile", [128, 192, 256, 512])
+@pytest.mark.parametrize("overlap", [32, 64])
+def test_tiled_equals_whole_image_within_one_percent(trained_model, dented_image, tile, overlap):
+    net = load_generator(trained_model)
+    whole = denoise(dented_image.noisy, net, tile=None)
+    tiled = denoise(dented_image.noisy, net, tile=tile, overlap=overlap)
+    span = whole.max() - whole.min()
+    assert np.abs(tiled - whole).max() <= 0.01 * span
+
+
+def test_per_tile_instance_norm_would_shift_intensities(trained_model, dented_image):
+    """The problem the whole-image statistics solve: the same tiles normalised on their own."""
+    net = load_generator(trained_model)
+    whole = denoise(dented_image.noisy, net, tile=None)
+    import napari_emdenoise.inference as d
+
+    budget = d._calibration_budget
+    d._calibration_budget = lambda *a: 1  # statistics from a single tile instead of the whole image
+    try:
+        one_tile_stats = denoise(dented_image.noisy, net, tile=128, overlap=32)
+    finally:
+        d._calibration_budget = budget
+    span = whole.max() - whole.min()
+    assert np.abs(one_tile_stats - whole).max() > 0.01 * span
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float64"])
+def test_dtypes_shapes_and_intensity_scale(trained_model, dtype):
+    sim = simulate(size=(150, 230), period=12, dose=20, seed=4)
+    img = (sim.noisy * (3 if dtype != "uint8" else 1)).astype(dtype)
+    out = denoise(img, trained_model, tile=128, overlap=32)
+    assert out.shape == img.shape and out.dtype == np.float32
+    # the output lives on the input's intensity scale
+    assert abs(out.mean() - img.mean()) < 0.15 * img.std()
+
+
+def test_image_smaller_than_the_tile_and_a_stack(trained_model):
+    stack = np.stack([simulate(size=(60, 90), period=12, dose=8, seed=s).noisy for s in range(3)])
+    events = []
+    out = denoise(stack, trained_model, tile=512, progress=events.append)
+    assert out.shape == stack.shape
+    assert not np.allclose(out[0], out[1])
+    assert events[-1].done == events[-1].total == 3
+
+
+def test_progress_is_monotonic_and_complete(trained_model, dented_image):
+    events: list[Progress] = []
+    denoise(dented_image.noisy, trained_model, tile=128, overlap=32, batch_size=3, progress=events.append)
+    done = [e.done for e in events]
+    assert done == sorted(done) and done[-1] == events[-1].total > 3
+    assert sum(1 for e in events if e.stage == "denoise") == int(np.ceil(events[-1].total / 3))
+
+
+def test_cancel_stops_within_a_batch_and_leaves_the_model_clean(trained_model, dented_image):
+    net = load_generator(trained_model)
+    stop = threading.Event()
+    seen = []
+
+    def on_progress(p):
+        seen.append(p)
+        if p.stage == "denoise":
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        denoise(dented_image.noisy, net, tile=128, overlap=32, batch_size=2, progress=on_progress, cancel=stop)
+    assert [p.stage for p in seen].count("denoise") == 1
+    assert all(m.mode == "instance" for m in tile_norms(net))
+
+
+def test_rescale_to_the_model_period(trained_model):
+    net = load_generator(trained_model)
+    info = net.emdenoise_info
+    assert info.period == pytest.approx(12.0, rel=0.02)
+    coarse = simulate(size=(256, 256), period=24, dose=6, seed=5)
+    plan = plan_rescale(coarse.noisy, info)
+    assert plan.period == pytest.approx(24.0, rel=0.02) and plan.scale == pytest.approx(0.5, rel=0.02)
+    assert plan_rescale(coarse.noisy, info, period=20.0).scale == pytest.approx(info.period / 20.0)
+    assert plan_rescale(coarse.noisy, info, rescale=False).scale == 1.0
+    with pytest.warns(DenoiseWarning, match="resampled"):
+        out = denoise(coarse.noisy, net, tile=128, overlap=32)
+    assert out.shape == coarse.noisy.shape
+    assert _psnr(out, coarse.clean) > _psnr(coarse.noisy, coarse.clean) + 3
+
+
+def test_no_lattice_means_no_rescaling_with_a_notice(trained_model):
+    noise = np.random.default_rng(0).poisson(5.0, (128, 128)).astype(np.float32)
+    with pytest.warns(DenoiseWarning, match="no clear lattice"):
+        out = denoise(noise, trained_model, tile=None)
+    assert out.shape == noise.shape
+
+
+def test_nan_pixels_are_reported_and_stay_nan(trained_model):
+    img = simulate(size=128, period=12, dose=8, seed=6).noisy
+    img[10, 20] = np.nan
+    img[50, 60] = np.inf
+    with pytest.warns(DenoiseWarning, match="2 NaN/Inf"):
+        out = denoise(img, trained_model, tile=None)
+    assert np.isnan(out[10, 20]) and np.isnan(out[50, 60])
+    assert np.isfinite(out).sum() == out.size - 2
+
+
+def test_rgb_model_on_a_grey_image(tmp_path):
+    net = init_weights(build_generator(GeneratorConfig("resnet_6blocks", 3, 3, ngf=4)), seed=1).eval()
+    img = np.random.default_rng(1).random((64, 64)).astype(np.float32)
+    out = denoise(img, net, tile=None, rescale=False)
+    x = torch.from_numpy((img - np.percentile(img, 0.5)) * 2 / (np.percentile(img, 99.5) - np.percentile(img, 0.5)) - 1)
+    with torch.no_grad():
+        y = net(x[None, None].repeat(1, 3, 1, 1)).mean(dim=1)[0].numpy()
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    np.testing.assert_allclose(out, y * (hi - lo) / 2 + (hi + lo) / 2, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "image, err, words",
+    [
+        (np.zeros(10), ValueError, "2D image"),
+        (np.zeros((0, 10)), ValueError, "non-empty"),
+        (np.zeros((4, 4)), ValueError, "too small"),
+        (np.zeros((32, 32), dtype=complex), TypeError, "numeric"),
+        (np.zeros((32, 32), dtype=bool), TypeError, "numeric"),
+        (np.full((32, 32), np.nan), ValueError, "no finite pixels"),
+    ],
+)
+def test_bad_images_are_explained(trained_model, image, err, words):
+    with pytest.raises(err, match=words):
+        denoise(image, trained_model)
+
+
+def test_devices():
+    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            pick_device("cuda")
+
+
+def test_bare_module_without_metadata_is_not_rescaled():
+    net = init_weights(build_generator(GeneratorConfig(ngf=4)), seed=0).eval()
+    img = simulate(size=96, period=10, seed=1).noisy
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        denoise(img, net, tile=None)
+    assert any("does not record its training period" in str(w.message) for w in caught)

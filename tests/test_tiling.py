@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from napari_emdenoise.tiling import plan_tiles
+
+
+def _paint(shape, tiles, what):
+    acc = np.zeros(shape)
+    for t in tiles:
+        acc[t.slices] += what(t)
+    return acc
+
+
+@pytest.mark.parametrize(
+    "shape, tile, overlap, align",
+    [((300, 340), 128, 32, 1), ((384, 448), 128, 32, 4), ((512, 512), 256, 64, 4), ((100, 900), 96, 48, 4),
+     ((1024, 1032), 512, 64, 4), ((40, 60), 128, 32, 4), ((512, 768), 256, 32, 128)],
+)
+def test_windows_are_a_partition_of_unity_and_cores_a_partition(shape, tile, overlap, align):
+    tiles = plan_tiles(shape, tile, overlap, align=align)
+    np.testing.assert_allclose(_paint(shape, tiles, lambda t: t.window()), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(_paint(shape, tiles, lambda t: t.core_mask()), 1.0)
+    for t in tiles:
+        assert t.rows.start % align == 0 and t.cols.start % align == 0
+        assert t.rows.stop <= shape[0] and t.cols.stop <= shape[1]
+        w = t.window()
+        # the outer quarter of the overlap next to a neighbour is context only
+        if t.rows.start > 0:
+            assert w[: overlap // 4].max() < 1e-6
+        if t.cols.stop < shape[1]:
+            assert w[:, -(overlap // 4) :].max() < 1e-6
+
+
+def test_neighbours_share_at_least_the_overlap():
+    tiles = plan_tiles((1000, 1000), 256, 64, align=4)
+    starts = sorted({t.rows.start for t in tiles})
+    assert all(b - a <= 256 - 64 for a, b in zip(starts, starts[1:]))
+    assert {t.rows.stop - t.rows.start for t in tiles} == {256}
+
+
+def test_whole_image_is_one_tile():
+    (t,) = plan_tiles((123, 45), None, 0)
+    assert t.slices == (slice(0, 123), slice(0, 45)) and t.window().min() == 1.0
+
+
+@pytest.mark.parametrize("tile, overlap, words", [(128, 80, "overlap"), (8, 0, "at least 16"), (128, -1, "overlap")])
+def test_bad_plans_are_explained(tile, overlap, words):
+    with pytest.raises(ValueError, match=words):
+        plan_tiles((512, 512), tile, overlap)
+
+
+def test_unaligned_image_is_refused():
+    with pytest.raises(ValueError, match="multiples of 4"):
+        plan_tiles((510, 512), 128, 32, align=4)
