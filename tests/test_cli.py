@@ -86,7 +86,7 @@ def _subparsers(parser):
 def test_every_option_of_every_subcommand_is_described():
     parser = build_parser()
     subs = _subparsers(parser)
-    assert {"simulate", "info"} <= set(subs)
+    assert {"simulate", "info", "denoise"} <= set(subs)
     for name, sub in subs.items():
         text = sub.format_help()
         for action in sub._actions:
@@ -98,8 +98,48 @@ def test_every_option_of_every_subcommand_is_described():
 
 
 def test_help_exits_cleanly(capsys):
-    for argv in (["--help"], ["simulate", "--help"], ["info", "--help"]):
+    for argv in (["--help"], ["simulate", "--help"], ["info", "--help"], ["denoise", "--help"]):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 0
     assert "--dose" in capsys.readouterr().out
+
+
+def test_denoise_many_files_reports_failures_and_continues(tmp_path, trained_model, capsys):
+    sim_dir = tmp_path / "sim"
+    assert main(["simulate", "-o", str(sim_dir), "--n", "2", "--size", "160x200", "--period", "12",
+                 "--pixel-size", "0.03"]) == 0
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 20)
+    inputs = [str(p) for p in sorted((sim_dir / "noisy").glob("*.tif"))] + [str(bad)]
+    out = tmp_path / "out"
+    rc = main(["denoise", *inputs, "-o", str(out), "--model", str(trained_model), "--tile", "128", "--overlap", "32"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "broken.tif: error" in captured.err and "1 of 3 file(s) failed" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["sim_0000_denoised.tif", "sim_0001_denoised.tif"]
+    res = read_tiff(out / "sim_0000_denoised.tif")
+    noisy = read_tiff(sim_dir / "noisy" / "sim_0000.tif").data
+    clean = read_tiff(sim_dir / "clean" / "sim_0000.tif").data
+    assert res.data.shape == noisy.shape and res.pixel_size == pytest.approx((0.03, 0.03))
+    assert np.mean((res.data - clean) ** 2) < 0.5 * np.mean((noisy - clean) ** 2)
+    # a second run keeps the results unless --overwrite
+    before = (out / "sim_0000_denoised.tif").read_bytes()
+    assert main(["denoise", inputs[0], "-o", str(out), "--model", str(trained_model)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "sim_0000_denoised.tif").read_bytes() == before
+
+
+def test_denoise_with_a_bad_model_is_one_line(tmp_path, capsys):
+    model = tmp_path / "latest_net_G_A.pth"
+    model.write_text("not weights")
+    img = tmp_path / "x.tif"
+    img.write_bytes(b"")
+    assert main(["denoise", str(img), "-o", str(tmp_path / "o"), "--model", str(model)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a checkpoint" in err and "\n" not in err
+
+
+def test_denoise_rejects_an_overlap_larger_than_half_the_tile(tmp_path, capsys):
+    assert main(["denoise", "x.tif", "-o", str(tmp_path), "--tile", "128", "--overlap", "100"]) == 2
+    assert "--overlap" in capsys.readouterr().err

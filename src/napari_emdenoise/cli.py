@@ -145,7 +145,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
         "info",
         help="describe TIFF files, or this installation when no file is given",
         description=(
-            "Print shape, dtype, pixel size, value range and NaN count of each TIFF. "
+            "Print shape, dtype, pixel size, value range, NaN count and estimated lattice period of each TIFF. "
             "Without files: versions of the package, torch and napari, and the compute devices found."
         ),
     )
@@ -184,6 +184,9 @@ def _file_info(path: Path) -> dict:
     data = img.data
     finite = np.isfinite(data) if data.dtype.kind == "f" else np.ones(data.shape, bool)
     vals = data[finite]
+    from .lattice import estimate_period
+
+    est = estimate_period(data if data.ndim == 2 else data.reshape(-1, *data.shape[-2:])[0])
     return {
         "file": str(path),
         "shape": list(data.shape),
@@ -194,6 +197,7 @@ def _file_info(path: Path) -> dict:
         "max": float(vals.max()) if vals.size else None,
         "mean": float(vals.mean()) if vals.size else None,
         "non_finite": int((~finite).sum()),
+        "period_px": est.period,
         "notes": img.notes,
     }
 
@@ -216,10 +220,93 @@ def _cmd_info(args: argparse.Namespace) -> int:
     else:
         for r in results:
             px = "unknown" if r["pixel_size_nm"] is None else " x ".join(f"{v:.5g}" for v in r["pixel_size_nm"]) + " nm"
+            period = "no clear lattice" if r["period_px"] is None else f"{r['period_px']:.2f} px"
             print(f"{r['file']}: {' x '.join(map(str, r['shape']))} {r['dtype']}, pixel size {px}, "
-                  f"range {r['min']:.6g}..{r['max']:.6g}, mean {r['mean']:.6g}, non-finite {r['non_finite']}")
+                  f"range {r['min']:.6g}..{r['max']:.6g}, mean {r['mean']:.6g}, non-finite {r['non_finite']}, "
+                  f"lattice period {period}")
             for note in r["notes"]:
                 print(f"  note: {note}")
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- denoise
+def _add_denoise(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "denoise",
+        help="denoise TIFF files with a generator",
+        description=(
+            "Denoise each input TIFF (2D or a stack) and write OUT_DIR/<name>_denoised.tif (float32, the input's "
+            "pixel size kept). The image is resampled to the model's training period (estimated from the image "
+            "unless --period is given), cut into overlapping tiles that are blended seamlessly, and mapped back. "
+            "A file that fails is reported and the rest continue; the exit code is 1 if any failed."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="input TIFF files")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint: a reference *_net_G_A.pth or a .safetensors model (default: the bundled model)")
+    p.add_argument("--tile", type=int, default=512, help="tile size in px; 0 runs each image in one pass")
+    p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in px (at most half the tile)")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: from the device's memory)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="compute device")
+    p.add_argument("--no-amp", action="store_true", help="full float32 on CUDA instead of mixed precision")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--period", type=float, default=None, help="lattice period of the inputs in px (skips the estimate)")
+    scale.add_argument("--no-rescale", action="store_true", help="do not resample to the model's training period")
+    p.add_argument("--dtype", choices=["float32", "uint16"], default="float32", help="output sample type")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=_cmd_denoise)
+
+
+def _cmd_denoise(args: argparse.Namespace) -> int:
+    import warnings
+
+    from tqdm import tqdm
+
+    from .checkpoints import CheckpointError
+    from .inference import DenoiseWarning, iter_denoise, resolve_model
+
+    if args.tile < 0 or (args.tile and args.overlap * 2 > args.tile) or args.overlap < 0:
+        raise UsageError(f"--overlap must be between 0 and half of --tile ({args.tile}); got {args.overlap}")
+    try:
+        net = resolve_model(args.model)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    failed = 0
+    for path in args.inputs:
+        target = args.out / f"{path.stem}_denoised.tif"
+        try:
+            if target.exists() and not args.overwrite:
+                raise FileExistsError(f"'{target}' exists; use --overwrite to replace it")
+            img = read_tiff(path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DenoiseWarning)
+                gen = iter_denoise(
+                    img.data, net, tile=args.tile or None, overlap=args.overlap, batch_size=args.batch_size,
+                    device=args.device, period=args.period, rescale=not args.no_rescale, amp=not args.no_amp,
+                )
+                with tqdm(desc=path.name, unit="tile", disable=None, leave=False) as bar:
+                    while True:
+                        try:
+                            event = next(gen)
+                        except StopIteration as stop:
+                            result = stop.value
+                            break
+                        bar.total = event.total
+                        bar.n = event.done
+                        bar.refresh()
+            for w in caught:
+                if issubclass(w.category, DenoiseWarning):
+                    print(f"{path.name}: note: {w.message}", file=sys.stderr)
+            write_tiff(target, result, pixel_size=img.pixel_size, dtype=args.dtype, overwrite=args.overwrite,
+                       description={"source": str(path), "model": str(args.model or "bundled default")})
+            print(f"{path.name} -> {target}")
+        except (ImageFileError, FileExistsError, ValueError, TypeError, MemoryError) as exc:
+            failed += 1
+            print(f"{path.name}: error: {exc}", file=sys.stderr)
+    if failed:
+        print(f"{failed} of {len(args.inputs)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -228,9 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emdenoise",
         description="Denoise atomic-resolution STEM images; simulate test data; inspect TIFFs.",
+        epilog="Run 'emdenoise COMMAND --help' for the options of each command.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_denoise(sub)
     _add_simulate(sub)
     _add_info(sub)
     return parser

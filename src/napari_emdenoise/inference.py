@@ -89,7 +89,7 @@ def resolve_model(model: str | os.PathLike | nn.Module | None) -> nn.Module:
         if not DEFAULT_MODEL.exists():
             raise FileNotFoundError(
                 "this installation has no bundled default model yet; pass a checkpoint "
-                "(a reference *_net_G_A.pth or a .safetensors model) as model="
+                "(a reference *_net_G_A.pth or a .safetensors model): model= in Python, --model on the command line"
             )
         model = DEFAULT_MODEL
     return load_generator(model)
