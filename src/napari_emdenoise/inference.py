@@ -131,15 +131,16 @@ def plan_rescale(image: np.ndarray, info: ModelInfo, period: float | None = None
     return Plan(period, info.period, scale, f"image period {period:.2f} px resampled x{scale:.3f} to the model's {info.period:.2f} px")
 
 
-def _auto_batch(net: nn.Module, tile_px: int, device: torch.device) -> int:
+def _auto_batch(net: nn.Module, tile_px: int, device: torch.device, n_tiles: int) -> int:
+    """Tiles per batch: what memory allows, but at least ~8 batches so progress and Cancel stay responsive."""
     ngf = max((m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)), default=64)
     per_tile = tile_px * ngf * 4 * 3  # bytes: ~3 live full-resolution activations of the widest layer
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = free * 0.4
     else:
-        budget = 512 * 2**20
-    return int(max(1, min(64, budget // per_tile)))
+        budget = 256 * 2**20
+    return int(max(1, min(64, budget // per_tile, -(-n_tiles // 8))))
 
 
 def _calibration_budget(net: nn.Module, device: torch.device) -> int:
@@ -272,10 +273,10 @@ def iter_denoise(
         (max(8, round(p.shape[0] * pl.scale)), max(8, round(p.shape[1] * pl.scale))) for p, pl in zip(planes, plans)
     ]
     align = tiling.size_multiple(net)
+    total = sum(len(_plan(s, tile, overlap, align)) for s in shapes)
     if bs is None:
         first = _plan(shapes[0], tile, overlap, align)[0]
-        bs = _auto_batch(net, (first.rows.stop - first.rows.start) * (first.cols.stop - first.cols.start), dev)
-    total = sum(len(_plan(s, tile, overlap, align)) for s in shapes)
+        bs = _auto_batch(net, (first.rows.stop - first.rows.start) * (first.cols.stop - first.cols.start), dev, total)
     notes = sorted({pl.note for pl in plans})
     for note in notes:
         if "not rescaled" in note or "resampled" in note:

@@ -1,0 +1,1 @@
+"""napari widgets, one module per flow; each is thin and calls the core library."""

@@ -1,0 +1,181 @@
+"""Plugins > EM Denoise > Denoise: one button that runs the core ``iter_denoise`` in a thread.
+
+The widget holds no numerics: it gathers settings, starts a napari ``thread_worker`` over
+the core generator (its progress events drive the bar; quitting the worker is Cancel)
+and adds ``<name> denoised`` when the worker returns. Warnings from the core (rescaling,
+NaN pixels) reach the user as napari notifications.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils.notifications import show_error, show_info
+
+from ..checkpoints import CheckpointError, model_info
+from ..inference import DEFAULT_MODEL, Progress, available_devices, iter_denoise, resolve_model
+from ..lattice import estimate_period
+
+BUNDLED = "bundled default"
+FILE = "checkpoint file"
+
+
+class DenoiseWidget(Container):
+    """Denoise the selected image layer (its current slice or the whole stack)."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._worker: GeneratorWorker | None = None
+        self._model = None  # the loaded generator, cached between runs
+        self._model_key: str | None = None
+
+        self._image = create_widget(annotation=napari.layers.Image, label="image")
+        sources = [BUNDLED, FILE] if DEFAULT_MODEL.exists() else [FILE]
+        self._source = ComboBox(choices=sources, value=sources[0], label="model")
+        self._file = FileEdit(mode="r", filter="Checkpoints (*.pth *.safetensors)", label="checkpoint")
+        self._model_label = Label(value="", label="")
+        self._tile = SpinBox(value=512, min=0, max=8192, step=32, label="tile (px)", tooltip="0: whole image in one pass")
+        self._overlap = SpinBox(value=64, min=0, max=1024, step=8, label="overlap (px)")
+        self._device = ComboBox(choices=available_devices(), value="auto", label="device")
+        self._rescale = CheckBox(value=True, text="match the model's scale")
+        self._period = FloatSpinBox(value=0.0, min=0.0, max=1000.0, step=0.1, label="period (px)",
+                                    tooltip="lattice period of the image; 0: estimate it")
+        self._period_label = Label(value="", label="")
+        self._stack = CheckBox(value=False, text="whole stack (not only the current slice)")
+        self._run = PushButton(text="Denoise")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(value=0, min=0, max=1, label="progress", visible=False)
+        self.extend([
+            self._image, self._source, self._file, self._model_label, self._tile, self._overlap, self._device,
+            self._rescale, self._period, self._period_label, self._stack, self._run, self._cancel, self._progress,
+        ])
+        self._file.visible = self._source.value == FILE
+        self._source.changed.connect(self._on_source)
+        self._file.changed.connect(self._on_model_changed)
+        self._image.changed.connect(self._on_image)
+        self._run.clicked.connect(self.start)
+        self._cancel.clicked.connect(self.cancel)
+        self._on_model_changed()
+        self._on_image()
+
+    # ------------------------------------------------------------------ settings
+    def _on_source(self, *_):
+        self._file.visible = self._source.value == FILE
+        self._on_model_changed()
+
+    def _model_path(self) -> Path | None:
+        if self._source.value == BUNDLED:
+            return None
+        path = Path(self._file.value)
+        return path if path.is_file() else None
+
+    def _on_model_changed(self, *_) -> None:
+        """Load the chosen model now, so a bad file is reported before the user presses Denoise."""
+        self._model = None
+        path = self._model_path()
+        if path is None and self._source.value == FILE:
+            self._model_label.value = "choose a *_net_G_A.pth or .safetensors file"
+            return
+        try:
+            self._model = resolve_model(path)
+        except (CheckpointError, FileNotFoundError) as exc:
+            self._model_label.value = "no usable model"
+            show_error(str(exc))
+            return
+        info = model_info(self._model)
+        c = info.config
+        period = f", trained at {info.period:.1f} px/period" if info.period else ""
+        self._model_label.value = f"{c.netG}, ngf {c.ngf}, {c.norm} norm{period}"
+
+    def _on_image(self, *_) -> None:
+        layer = self._image.value
+        self._stack.visible = layer is not None and layer.ndim > 2
+        if layer is None:
+            self._period_label.value = ""
+            return
+        est = estimate_period(self._current_plane(layer))
+        self._period_label.value = (
+            f"estimated {est.period:.2f} px" if est.found else "no clear lattice found: will not rescale"
+        )
+
+    def _current_plane(self, layer) -> np.ndarray:
+        if layer.ndim == 2:
+            return np.asarray(layer.data)
+        index = layer.world_to_data(self._viewer.dims.point)[: layer.ndim - 2]
+        index = tuple(int(np.clip(round(i), 0, n - 1)) for i, n in zip(index, layer.data.shape))
+        return np.asarray(layer.data[index])
+
+    # ------------------------------------------------------------------ running
+    def start(self) -> GeneratorWorker | None:
+        """Start denoising in a worker thread; returns the worker (None if nothing could start)."""
+        layer = self._image.value
+        if layer is None:
+            show_error("Add or open an image layer first.")
+            return None
+        if self._model is None:
+            self._on_model_changed()
+            if self._model is None:
+                return None
+        whole_stack = layer.ndim > 2 and self._stack.value
+        data = np.asarray(layer.data) if (layer.ndim == 2 or whole_stack) else self._current_plane(layer)
+        ndim_out = data.ndim
+        meta = {
+            "name": f"{layer.name} denoised",
+            "scale": tuple(layer.scale[-ndim_out:]),
+            "translate": tuple(layer.translate[-ndim_out:]),
+            "metadata": {"source_layer": layer.name, "model": model_info(self._model).source or BUNDLED},
+        }
+        units = getattr(layer, "units", None)
+        if units is not None:
+            meta["units"] = tuple(units[-ndim_out:])
+        self._worker = create_worker(
+            iter_denoise, data, self._model, tile=self._tile.value or None, overlap=self._overlap.value,
+            device=self._device.value, period=self._period.value or None, rescale=self._rescale.value,
+            _start_thread=False,
+        )
+        self._worker.yielded.connect(self._on_progress)
+        self._worker.returned.connect(lambda result: self._add_result(result, meta))
+        self._worker.errored.connect(lambda exc: show_error(f"Denoising failed: {exc}"))
+        self._worker.aborted.connect(lambda: show_info("Denoising cancelled; no layer was added."))
+        self._worker.finished.connect(self._on_finished)
+        self._set_running(True)
+        self._worker.start()
+        return self._worker
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+
+    def _on_progress(self, p: Progress) -> None:
+        self._progress.max = max(p.total, 1)
+        self._progress.value = min(p.done, p.total)
+
+    def _add_result(self, result: np.ndarray, meta: dict) -> None:
+        self._viewer.add_image(result, **meta)
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        self._run.enabled = not running
+        self._cancel.enabled = running
+        self._progress.visible = running
+        if running:
+            self._progress.value = 0

@@ -1,0 +1,97 @@
+"""The Denoise flow as a user runs it: a real viewer, a real worker thread."""
+
+import numpy as np
+import pytest
+
+from napari_emdenoise._widgets.denoise import FILE, DenoiseWidget
+from napari_emdenoise.simulate import simulate
+
+
+@pytest.fixture
+def widget(make_napari_viewer, trained_model):
+    viewer = make_napari_viewer()
+    w = DenoiseWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w._source.value = FILE
+    w._file.value = trained_model
+    return viewer, w
+
+
+def test_denoise_adds_a_layer_with_the_input_shape_and_scale(widget, qtbot):
+    viewer, w = widget
+    sim = simulate(size=(200, 240), period=12, dose=6, dents=1, seed=1)
+    viewer.add_image(sim.noisy, name="scan", scale=(0.03, 0.03))
+    assert w._image.value.name == "scan"
+    assert "estimated 12" in w._period_label.value
+    assert "resnet_6blocks" in w._model_label.value
+    assert w._stack.native.isHidden()  # a 2D image has no stack option
+    w._tile.value, w._overlap.value = 128, 32
+    worker = w.start()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: "scan denoised" in viewer.layers, timeout=5_000)
+    out = viewer.layers["scan denoised"]
+    assert out.data.shape == (200, 240)
+    assert tuple(out.scale) == pytest.approx((0.03, 0.03))
+    err_in = np.mean((sim.noisy - sim.clean) ** 2)
+    assert np.mean((out.data - sim.clean) ** 2) < 0.5 * err_in
+    assert w._run.enabled and not w._cancel.enabled
+
+
+def test_cancel_mid_run_leaves_no_new_layer(widget, qtbot):
+    viewer, w = widget
+    viewer.add_image(simulate(size=(768, 768), period=12, dose=6, seed=2).noisy, name="big")
+    w._tile.value, w._overlap.value = 128, 32
+    worker = w.start()
+    seen = []
+
+    def first_progress(p):
+        seen.append(p)
+        if len(seen) == 2:
+            w.cancel()
+
+    worker.yielded.connect(first_progress)
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.wait(200)
+    assert seen and seen[-1].done < seen[-1].total
+    assert [layer.name for layer in viewer.layers] == ["big"]
+    assert w._run.enabled
+
+
+def test_current_slice_of_a_stack(widget, qtbot):
+    viewer, w = widget
+    stack = np.stack([simulate(size=(96, 96), period=12, dose=8, seed=s).noisy for s in range(3)])
+    viewer.add_image(stack, name="series", scale=(1.0, 0.05, 0.05))
+    viewer.dims.set_point(0, 2)
+    assert not w._stack.native.isHidden()  # offered only for stacks
+    worker = w.start()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: "series denoised" in viewer.layers, timeout=5_000)
+    out = viewer.layers["series denoised"]
+    assert out.data.shape == (96, 96)
+    assert tuple(out.scale) == pytest.approx((0.05, 0.05))
+    w._stack.value = True
+    worker = w.start()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: "series denoised [1]" in viewer.layers, timeout=5_000)
+    assert viewer.layers["series denoised [1]"].data.shape == (3, 96, 96)
+
+
+def test_a_bad_checkpoint_is_reported_when_chosen(widget, tmp_path):
+    viewer, w = widget
+    bad = tmp_path / "latest_net_D_A.pth"
+    bad.write_text("nope")
+    w._file.value = bad
+    assert w._model is None and w._model_label.value == "no usable model"
+    viewer.add_image(np.zeros((64, 64)), name="x")
+    assert w.start() is None
+    assert [layer.name for layer in viewer.layers] == ["x"]
+
+
+def test_widget_is_in_the_plugins_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-emdenoise", "Denoise")
+    assert isinstance(widget, DenoiseWidget)
