@@ -3,9 +3,10 @@
 Neighbouring tiles share a strip at least ``overlap`` px wide. A blend zone half that
 wide is centred in the strip: across it one tile's weight falls as cos^2 while the
 other's rises as sin^2, so the weights of all tiles sum to exactly 1 at every pixel (a
-partition of unity) and no seam is possible by construction. The outer quarter of the
-overlap at each tile edge, where convolution padding makes a tile differ from the whole
-image, gets weight 0: it serves only as context.
+partition of unity) and no seam is possible by construction. The rest of the strip, at
+least ``MIN_CONTEXT`` px at each tile edge (where convolution padding makes a tile differ
+from the whole image), gets weight 0: it serves only as context. With the default
+overlap of 64 px this costs nothing extra; smaller overlaps get a wider strip.
 
 Each tile also owns a *core*: the pixels closer to it than to any neighbour. The cores
 partition the image; they are what the whole-image InstanceNorm statistics are computed
@@ -22,6 +23,8 @@ import torch
 from torch import nn
 
 from .nets import TileNorm, UnetGenerator
+
+MIN_CONTEXT = 16  # px of context kept at a tile edge before its blending weight rises above 0
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,10 @@ def _rise(x: np.ndarray, centre: float, width: float) -> np.ndarray:
 
 
 def plan_axis(n: int, tile: int, overlap: int, align: int = 1) -> list[AxisTile]:
-    """Tiles along one axis of length n: evenly spaced, each ``min(tile, n)`` long.
+    """Tiles along one axis of length n: evenly spaced, all of one size of at most ``tile``.
+
+    The size is the smallest that covers n with as few tiles as ``tile`` would need, so an
+    image barely larger than one tile is not computed twice over.
 
     Starts are multiples of ``align`` (a network that downsamples by 4 computes the same
     function on a tile only if the tile starts on its sampling grid); n and tile must
@@ -69,9 +75,21 @@ def plan_axis(n: int, tile: int, overlap: int, align: int = 1) -> list[AxisTile]
     """
     if n <= tile:
         return [AxisTile(0, n, 0, n, np.ones(n))]
+    zone = overlap / 2
+    strip = min(max(overlap, int(np.ceil(zone)) + 2 * MIN_CONTEXT), tile // 2) if overlap else 0
+
+    def count_for(size: int) -> int:
+        step = max(1, (size - strip) // align)  # largest start-to-start distance, in align units
+        return int(np.ceil((n - size) // align / step)) + 1
+
+    count = count_for(tile)
+    # the smallest tile that needs no more tiles: less work where the image is barely larger than one tile
+    size = -(-(n + (count - 1) * strip) // count)
+    size = min(tile, -(-size // align) * align)
+    while count_for(size) > count:
+        size += align
+    tile = size
     units = (n - tile) // align
-    step = max(1, (tile - overlap) // align)  # largest start-to-start distance, in align units
-    count = int(np.ceil(units / step)) + 1
     starts = np.rint(np.linspace(0, units, count)).astype(int) * align
     stops = starts + tile
     bounds = [(starts[i + 1] + stops[i]) / 2 for i in range(count - 1)]  # centre of each shared strip
@@ -81,9 +99,9 @@ def plan_axis(n: int, tile: int, overlap: int, align: int = 1) -> list[AxisTile]
         pos = starts[i] + x
         w = np.ones(tile)
         if i > 0:
-            w *= _rise(pos, bounds[i - 1], overlap / 2)
+            w *= _rise(pos, bounds[i - 1], zone)
         if i < count - 1:
-            w *= 1.0 - _rise(pos, bounds[i], overlap / 2)
+            w *= 1.0 - _rise(pos, bounds[i], zone)
         core0 = 0 if i == 0 else int(np.floor(bounds[i - 1]))
         core1 = n if i == count - 1 else int(np.floor(bounds[i]))
         out.append(AxisTile(int(starts[i]), int(stops[i]), core0, core1, w))
