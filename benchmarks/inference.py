@@ -1,0 +1,122 @@
+"""Inference throughput and peak memory of the public ``denoise`` entry point.
+
+    python benchmarks/inference.py                       # CPU (and CUDA when present), default sizes
+    python benchmarks/inference.py --sizes 512 4096 --models resnet9 --devices cuda
+
+Each measurement runs in a fresh subprocess so that its peak resident memory (CPU) or
+peak allocated GPU memory (CUDA) is its own. Prints a Markdown table of megapixels per
+second for the tiled path (tile 512, overlap 64 unless changed) and, where a whole-image
+pass fits (CPU: up to 2048^2 px by default), the whole-image pass and the tiling overhead.
+Weights are random: speed does not depend on their values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+MODELS = {
+    "small": {"netG": "resnet_6blocks", "ngf": 32},
+    "resnet9": {"netG": "resnet_9blocks", "ngf": 64},
+}
+
+
+def one(args: argparse.Namespace) -> dict:
+    """Run one configuration in this process and report its figures."""
+    import numpy as np
+    import torch
+
+    from napari_emdenoise import denoise
+    from napari_emdenoise.nets import GeneratorConfig, build_generator, count_parameters, init_weights
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    net = init_weights(build_generator(GeneratorConfig(**MODELS[args.model])), seed=0).eval()
+    img = np.random.default_rng(0).poisson(6.0, (args.size, args.size)).astype(np.float32)
+    tile = None if args.tile == 0 else args.tile
+    device = torch.device(args.device)
+    if device.type == "cuda":  # warm up kernels and cuDNN autotuning on a small image
+        denoise(img[:512, :512], net, tile=tile, overlap=args.overlap, device=args.device, rescale=False, amp=args.amp)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = denoise(img, net, tile=tile, overlap=args.overlap, device=args.device, rescale=False, amp=args.amp)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    assert out.shape == img.shape and np.isfinite(out).all()
+    peak_gb = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+    )
+    return {
+        "model": args.model, "params_M": count_parameters(net) / 1e6, "device": args.device,
+        "precision": "mixed" if (args.amp and device.type == "cuda") else "fp32", "size": args.size,
+        "tile": args.tile, "seconds": seconds, "mp_per_s": args.size**2 / 1e6 / seconds, "peak_gb": peak_gb,
+    }
+
+
+def run_child(model: str, device: str, amp: bool, size: int, tile: int, overlap: int, threads: int | None) -> dict | None:
+    cmd = [sys.executable, __file__, "--one", "--models", model, "--devices", device, "--sizes", str(size),
+           "--tile", str(tile), "--overlap", str(overlap)] + (["--amp"] if amp else []) + (["--threads", str(threads)] if threads else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        print(f"  failed: {model} {device} {size} tile {tile}: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="generators to time")
+    p.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda when present)")
+    p.add_argument("--sizes", nargs="+", type=int, default=None, help="square image sides in px")
+    p.add_argument("--tile", type=int, default=512, help="tile size (0: whole image)")
+    p.add_argument("--overlap", type=int, default=64, help="tile overlap")
+    p.add_argument("--whole-max", type=int, default=2048, help="largest side also run as one whole-image pass on CPU")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        args.model, args.device, args.size = args.models[0], args.devices[0], args.sizes[0]
+        print(json.dumps(one(args)))
+        return
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    rows = []
+    for device in devices:
+        sizes = args.sizes or ([512, 1024, 2048, 4096, 8192] if device == "cuda" else [512, 1024, 2048])
+        for model in args.models:
+            for amp in ([False, True] if device == "cuda" else [False]):
+                for size in sizes:
+                    tiled = run_child(model, device, amp, size, args.tile, args.overlap, args.threads)
+                    whole = None
+                    if device == "cuda" or size <= args.whole_max:
+                        whole = run_child(model, device, amp, size, 0, 0, args.threads)
+                    if tiled:
+                        tiled["whole_mp_per_s"] = whole["mp_per_s"] if whole else None
+                        tiled["whole_peak_gb"] = whole["peak_gb"] if whole else None
+                        rows.append(tiled)
+                        print(json.dumps(tiled), file=sys.stderr)
+    print(f"\ntile {args.tile}, overlap {args.overlap}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+          + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+    print("| model | params | device | precision | image | tiled MP/s | whole MP/s | tiled/whole | tiled peak GB | whole peak GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['mp_per_s'] / r['whole_mp_per_s']:.2f}" if r["whole_mp_per_s"] else "-"
+        whole = f"{r['whole_mp_per_s']:.3f}" if r["whole_mp_per_s"] else "-"
+        wpeak = f"{r['whole_peak_gb']:.2f}" if r["whole_peak_gb"] else "-"
+        print(f"| {r['model']} | {r['params_M']:.2f} M | {r['device']} | {r['precision']} | {r['size']}² | "
+              f"{r['mp_per_s']:.3f} | {whole} | {ratio} | {r['peak_gb']:.2f} | {wpeak} |")
+
+
+if __name__ == "__main__":
+    main()
