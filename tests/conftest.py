@@ -66,3 +66,11 @@ def dented_image():
     from napari_emdenoise.simulate import simulate
 
     return simulate(size=(384, 448), period=12, dose=6, dents=1, dent_depth=0.5, seed=99)
+
+
+@pytest.fixture
+def two_tile_statistics(monkeypatch):
+    """Take the whole-image statistics from two 128-px tiles, so that more batches follow them."""
+    import napari_emdenoise.inference as d
+
+    monkeypatch.setattr(d, "_calibration_budget", lambda *a: 2 * 128 * 128)

@@ -67,15 +67,17 @@ def test_image_smaller_than_the_tile_and_a_stack(trained_model):
     assert events[-1].done == events[-1].total == 3
 
 
-def test_progress_is_monotonic_and_complete(trained_model, dented_image):
+def test_progress_is_monotonic_and_complete(trained_model, dented_image, two_tile_statistics):
     events: list[Progress] = []
     denoise(dented_image.noisy, trained_model, tile=128, overlap=32, batch_size=3, progress=events.append)
     done = [e.done for e in events]
     assert done == sorted(done) and done[-1] == events[-1].total > 3
-    assert sum(1 for e in events if e.stage == "denoise") == int(np.ceil(events[-1].total / 3))
+    stats = [e for e in events if e.stage == "statistics"]
+    assert len(stats) == 1 and stats[0].done == 2  # the statistics batch's outputs are kept
+    assert sum(1 for e in events if e.stage == "denoise") == int(np.ceil((events[-1].total - 2) / 3))
 
 
-def test_cancel_stops_within_a_batch_and_leaves_the_model_clean(trained_model, dented_image):
+def test_cancel_stops_within_a_batch_and_leaves_the_model_clean(trained_model, dented_image, two_tile_statistics):
     net = load_generator(trained_model)
     stop = threading.Event()
     seen = []
@@ -165,3 +167,33 @@ def test_bare_module_without_metadata_is_not_rescaled():
         warnings.simplefilter("always")
         denoise(img, net, tile=None)
     assert any("does not record its training period" in str(w.message) for w in caught)
+
+
+def test_out_of_memory_halves_the_batch_and_finishes(trained_model, dented_image, two_tile_statistics):
+    net = load_generator(trained_model)
+    forward = net.forward
+    sizes = []
+
+    def tight_memory(x):
+        sizes.append(x.shape[0])
+        if x.shape[0] > 2 and len(sizes) > 1:  # the statistics pass (first call) may hold all tiles
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(x)
+
+    net.forward = tight_memory
+    reference = denoise(dented_image.noisy, load_generator(trained_model), tile=128, overlap=32, batch_size=8)
+    with pytest.warns(DenoiseWarning, match="batch size lowered to"):
+        out = denoise(dented_image.noisy, net, tile=128, overlap=32, batch_size=8)
+    np.testing.assert_allclose(out, reference, atol=1e-4)
+    assert sizes[1:3] == [8, 4] and max(sizes[3:]) == 2
+
+
+def test_one_tile_that_does_not_fit_is_explained(trained_model):
+    net = load_generator(trained_model)
+
+    def no_memory(x):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    net.forward = no_memory
+    with pytest.raises(MemoryError, match="smaller tile size"):
+        denoise(simulate(size=64, period=12, seed=0).noisy, net, tile=None, batch_size=1)

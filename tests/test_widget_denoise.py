@@ -38,7 +38,7 @@ def test_denoise_adds_a_layer_with_the_input_shape_and_scale(widget, qtbot):
     assert w._run.enabled and not w._cancel.enabled
 
 
-def test_cancel_mid_run_leaves_no_new_layer(widget, qtbot):
+def test_cancel_mid_run_leaves_no_new_layer(widget, qtbot, two_tile_statistics):
     viewer, w = widget
     viewer.add_image(simulate(size=(768, 768), period=12, dose=6, seed=2).noisy, name="big")
     w._tile.value, w._overlap.value = 128, 32

@@ -131,10 +131,14 @@ def plan_rescale(image: np.ndarray, info: ModelInfo, period: float | None = None
     return Plan(period, info.period, scale, f"image period {period:.2f} px resampled x{scale:.3f} to the model's {info.period:.2f} px")
 
 
+def _full_res_channels(net: nn.Module) -> int:
+    """Channels of the first convolution: the widest activation kept at full resolution."""
+    return next(m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d))
+
+
 def _auto_batch(net: nn.Module, tile_px: int, device: torch.device, n_tiles: int) -> int:
     """Tiles per batch: what memory allows, but at least ~8 batches so progress and Cancel stay responsive."""
-    ngf = max((m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)), default=64)
-    per_tile = tile_px * ngf * 4 * 3  # bytes: ~3 live full-resolution activations of the widest layer
+    per_tile = tile_px * _full_res_channels(net) * 4 * 4  # bytes: ~4 live full-resolution activations
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = free * 0.4
@@ -144,10 +148,9 @@ def _auto_batch(net: nn.Module, tile_px: int, device: torch.device, n_tiles: int
 
 
 def _calibration_budget(net: nn.Module, device: torch.device) -> int:
-    """Pixels of tiles used jointly to take whole-image statistics (one batch)."""
-    ngf = max((m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)), default=64)
-    budget = 2 * 2**30 if device.type == "cuda" else 384 * 2**20
-    return int(budget // (ngf * 4 * 3))
+    """Pixels of tiles used jointly to take whole-image statistics (one batch, outputs kept)."""
+    budget = 4 * 2**30 if device.type == "cuda" else 640 * 2**20
+    return int(budget // (_full_res_channels(net) * 4 * 4))
 
 
 def _channels(net: nn.Module) -> tuple[int, int]:
@@ -183,19 +186,27 @@ def _tiled_pass(
             t = t.repeat(1, in_c, 1, 1)
         return t
 
+    def blend(group: list[tiling.Tile], y: torch.Tensor) -> None:
+        y = y.float().mean(dim=1).cpu().numpy()  # a 3-channel output is averaged to grey
+        for t, yt in zip(group, y):
+            out[t.slices] += yt * t.window()
+
+    out = np.zeros(x.shape, dtype=np.float32)
     try:
+        todo = tiles
         if len(tiles) > 1 and tiling.tile_norms(net):
+            # whole-image statistics from one joint batch; its outputs are final, so they count as done
             cal = tiling.calibration_tiles(tiles, _calibration_budget(net, device))
-            batch = to_batch(cal)
             mask = torch.from_numpy(np.stack([t.core_mask() for t in cal])[:, None]).to(device)
             with autocast:
-                tiling.record_statistics(net, batch, mask)
-            del batch, mask
-            yield Progress(progress_offset, progress_total, "statistics")
-        out = np.zeros(x.shape, dtype=np.float32)
+                blend(cal, tiling.record_statistics(net, to_batch(cal), mask))
+            del mask
+            done_ids = {id(t) for t in cal}
+            todo = [t for t in tiles if id(t) not in done_ids]
+            yield Progress(progress_offset + len(cal), progress_total, "statistics")
         i, bs = 0, batch_size
-        while i < len(tiles):
-            group = tiles[i : i + bs]
+        while i < len(todo):
+            group = todo[i : i + bs]
             try:
                 with torch.no_grad(), autocast:
                     y = net(to_batch(group))
@@ -209,11 +220,9 @@ def _tiled_pass(
                 bs = max(1, bs // 2)
                 warnings.warn(f"out of {device.type} memory: batch size lowered to {bs}", DenoiseWarning, stacklevel=2)
                 continue
-            y = y.float().mean(dim=1).cpu().numpy()  # a 3-channel output is averaged to grey
-            for t, yt in zip(group, y):
-                out[t.slices] += yt * t.window()
+            blend(group, y)
             i += len(group)
-            yield Progress(progress_offset + i, progress_total)
+            yield Progress(progress_offset + len(tiles) - len(todo) + i, progress_total)
         return out[:h, :w]
     finally:  # also on cancel: the module is left as the reference code would use it
         tiling.set_norm_mode(net, "instance")

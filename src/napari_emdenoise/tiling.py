@@ -167,17 +167,18 @@ def calibration_tiles(tiles: list[Tile], budget_px: int) -> list[Tile]:
 
 
 @torch.no_grad()
-def record_statistics(net: nn.Module, batch: torch.Tensor, mask: torch.Tensor) -> None:
+def record_statistics(net: nn.Module, batch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Run ``batch`` once with every InstanceNorm taking statistics over all tiles' cores jointly.
 
     Afterwards every :class:`TileNorm` applies those fixed statistics, so each tile is
-    normalised as the whole image would be.
+    normalised as the whole image would be. Returns the batch's output, which was computed
+    with exactly those statistics and so is final.
     """
     norms = tile_norms(net)
     for m in norms:
         m.mode, m.mask = "record", mask
     try:
-        net(batch)
+        return net(batch)
     finally:
         for m in norms:
             m.mode, m.mask = "fixed", None
