@@ -60,3 +60,15 @@ def test_an_image_barely_larger_than_a_tile_is_not_computed_twice():
     covered = sum((t.rows.stop - t.rows.start) * (t.cols.stop - t.cols.start) for t in tiles)
     assert covered < 1.35 * 1024 * 1024
     assert max(t.rows.stop - t.rows.start for t in tiles) <= 512
+
+
+def test_statistics_tiles_are_spread_over_the_image():
+    from napari_emdenoise.tiling import calibration_tiles
+
+    tiles = plan_tiles((2048, 2048), 512, 64, align=4)
+    per = (tiles[0].rows.stop - tiles[0].rows.start) * (tiles[0].cols.stop - tiles[0].cols.start)
+    assert calibration_tiles(tiles, 10**9) == tiles
+    (middle,) = calibration_tiles(tiles, per)
+    assert middle is tiles[len(tiles) // 2]
+    five = calibration_tiles(tiles, 5 * per)
+    assert len(five) == 5 and len({t.rows.start for t in five}) >= 3

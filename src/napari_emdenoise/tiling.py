@@ -162,7 +162,7 @@ def calibration_tiles(tiles: list[Tile], budget_px: int) -> list[Tile]:
     k = max(1, min(len(tiles), budget_px // max(per, 1)))
     if k >= len(tiles):
         return tiles
-    idx = np.unique(np.rint(np.linspace(0, len(tiles) - 1, k)).astype(int))
+    idx = np.unique(np.floor((np.arange(k) + 0.5) * len(tiles) / k).astype(int))  # centred, evenly spread
     return [tiles[i] for i in idx]
 
 
