@@ -56,6 +56,131 @@ def _basis(text: str) -> tuple[tuple[float, float, float], ...]:
     return tuple(out)
 
 
+# --------------------------------------------------------------------------- mask
+def _add_mask(sub: argparse._SubParsersAction) -> None:
+    from .masks import PRESETS, VARIANTS
+
+    p = sub.add_parser(
+        "mask",
+        help="make dent masks from noisy images",
+        description=(
+            "Make a dent mask (float32, 0..255, large where the image is darker) of each input: subtract the mean, "
+            "box-smooth, normalise to 0..255, zero what is under the threshold, Gaussian blur, then the optional "
+            "min/mean variant. Options left out take the preset's value; the adaptive preset sizes the window "
+            "and blur from the lattice period estimated on the image. Writes OUT/<name>_mask.tif, or OUT itself "
+            "when it ends in .tif and there is one input."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="noisy TIFF images")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder, or a .tif path for one input")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="adaptive", help="starting parameters")
+    p.add_argument("--window", type=int, default=None, help="smoothing window in px (adaptive: two periods)")
+    p.add_argument("--threshold", type=float, default=None, help="values under this (0..255 scale) become 0")
+    p.add_argument("--sigma", type=float, default=None, help="Gaussian blur sigma in px (adaptive: one period)")
+    p.add_argument("--variant", choices=VARIANTS, default=None, help="min or mean over a Chebyshev neighbourhood")
+    p.add_argument("--radius", type=int, default=None, help="Chebyshev radius of the variant (min 3, mean 5)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing masks")
+    p.set_defaults(func=_cmd_mask)
+
+
+def _cmd_mask(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .masks import PRESETS, MaskError, dent_mask, resolve_params
+
+    chosen = {k: getattr(args, k) for k in ("window", "threshold", "sigma", "variant", "radius") if getattr(args, k) is not None}
+    params = replace(PRESETS[args.preset], **chosen)
+    single = args.out.suffix.lower() in (".tif", ".tiff")
+    if single and len(args.inputs) != 1:
+        raise UsageError("-o is a .tif file but there are several inputs; give a folder")
+    failed = 0
+    for path in args.inputs:
+        target = args.out if single else args.out / f"{path.stem}_mask.tif"
+        try:
+            img = read_tiff(path)
+            data = img.data if img.data.ndim == 2 else img.data.reshape(-1, *img.data.shape[-2:])[0]
+            used = resolve_params(data, params)
+            mask = dent_mask(data, used)
+            write_tiff(target, mask, pixel_size=img.pixel_size, overwrite=args.overwrite,
+                       description={"source": str(path), "mask_params": used.to_dict()})
+            area = float((mask > 0).mean())
+            print(f"{path.name} -> {target} (window {used.window}, threshold {used.threshold:g}, sigma {used.sigma:g}, "
+                  f"{used.variant}; {100 * area:.1f}% of the image)")
+        except (ImageFileError, MaskError, FileExistsError, ValueError) as exc:
+            failed += 1
+            print(f"{path.name}: error: {exc}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- synth
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="build a training target set from a clean lattice and dent masks",
+        description=(
+            "Rotate a clean synthetic lattice, tile it, crop per magnification so each crop holds as many lattice "
+            "periods as an experimental image (ZOOM given as LABEL=ACROSSxDOWN atoms, LABEL=PERIODpx or "
+            "LABEL=example.tif), resample to each mask's size and thin it by the mask. Writes OUT/trainB/*.tif "
+            "(targets), OUT/trainA/*.tif (the --noisy images) and OUT/manifest.csv/json."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--lattice", type=Path, help="clean synthetic lattice TIFF")
+    src.add_argument("--simulate", action="store_true", help="use a simulated clean lattice (see --sim-period)")
+    p.add_argument("--sim-period", type=float, default=16.0, help="period in px of the simulated lattice")
+    p.add_argument("--masks", required=True, nargs="+", type=Path, help="mask TIFFs, or folders of them")
+    p.add_argument("--zoom", required=True, nargs="+", help="magnifications, e.g. 20MX=36x38 10MX=18x19")
+    p.add_argument("--per-mask", type=int, default=20, help="targets per mask and zoom")
+    p.add_argument("--rotate", type=int, default=0, help="clockwise rotation of the lattice in degrees (multiple of 90)")
+    p.add_argument("--dent-depth", type=float, default=0.4, help="relative thickness lost where a mask is 255")
+    p.add_argument("--lattice-period", type=float, default=None, help="period of the lattice image in px (default: estimated)")
+    p.add_argument("--noisy", nargs="*", type=Path, default=[], help="noisy TIFFs or folders to copy into trainA")
+    p.add_argument("--seed", type=int, default=0, help="seed of the crop positions")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing target set in OUT")
+    p.set_defaults(func=_cmd_synth)
+
+
+def _tiffs(paths: list[Path]) -> list[Path]:
+    out = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in (".tif", ".tiff"))
+            if not found:
+                raise UsageError(f"folder '{p}' holds no .tif files")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .dataset import DatasetError, TargetSpec, build_targets, parse_zoom
+
+    try:
+        zooms = [parse_zoom(z) for z in args.zoom]
+        masks = {p.stem: read_tiff(p).data.astype(np.float32) for p in _tiffs(args.masks)}
+        noisy = {p.stem: read_tiff(p).data for p in _tiffs(args.noisy)}
+        if args.simulate:
+            lattice = simulate(size=(1024, 1024), period=args.sim_period, dents=0, dose=1000.0, seed=args.seed).clean
+            period = args.sim_period
+        else:
+            lattice, period = read_tiff(args.lattice).data, args.lattice_period
+        spec = TargetSpec(zooms=zooms, per_mask=args.per_mask, rotate=args.rotate, dent_depth=args.dent_depth,
+                          seed=args.seed, lattice_period=period)
+        with tqdm(total=len(zooms) * len(masks) * args.per_mask, desc="targets", unit="img", disable=None) as bar:
+            files = build_targets(lattice, masks, spec, args.out, noisy=noisy, overwrite=args.overwrite,
+                                  progress=lambda n, total: bar.update(n - bar.n))
+    except (DatasetError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {len(files)} files and manifest.csv/json to {args.out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- simulate
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
     d = SimParams()
@@ -320,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_denoise(sub)
+    _add_mask(sub)
+    _add_synth(sub)
     _add_simulate(sub)
     _add_info(sub)
     return parser

@@ -1,0 +1,211 @@
+"""Target sets for training: clean lattice crops with the atom count of each magnification, dented by masks.
+
+From a clean synthetic lattice (a physicist's image, or the simulator):
+
+1. rotate by a multiple of 90 degrees clockwise (the project's origin needed 270);
+2. trim it to a whole number of lattice periods and tile it into a large lattice;
+3. for each magnification, crop a region holding as many periods as an experimental
+   image at that magnification (given as atoms across x down, e.g. ``20MX=36x38``, or
+   as the period measured on an example image), and resample it to the mask's size;
+4. for each mask, ``per_mask`` crops at random positions, each thinned by the mask
+   (:func:`napari_emdenoise.masks.apply_mask`).
+
+Written as ``OUT/trainB/<zoom>_<mask>_<NNN>.tif`` (targets), ``OUT/trainA/`` (the user's
+noisy images, if given, as float32) and ``OUT/manifest.csv`` + ``manifest.json`` saying
+what made each file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .io import read_tiff, write_tiff
+from .lattice import estimate_period, resample
+from .masks import apply_mask
+
+
+class DatasetError(ValueError):
+    """Something about the inputs of the target-set builder, said plainly."""
+
+
+@dataclass(frozen=True)
+class Zoom:
+    """One magnification: ``atoms`` = (across x, down y) periods per image, or a measured period."""
+
+    label: str
+    atoms: tuple[float, float] | None = None
+    period: float | None = None  # px per period in the experimental image
+
+    def atoms_for(self, shape: tuple[int, int]) -> tuple[float, float]:
+        if self.atoms is not None:
+            return self.atoms
+        return shape[1] / self.period, shape[0] / self.period
+
+
+def parse_zoom(text: str) -> Zoom:
+    """'20MX=36x38' (atoms across x down) or '20MX=12.5px' (period in px) or '20MX=example.tif'."""
+    if "=" not in text:
+        raise DatasetError(f"zoom must look like 20MX=36x38, 20MX=12.5px or 20MX=example.tif; got {text!r}")
+    label, value = (s.strip() for s in text.split("=", 1))
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*[xX]\s*(\d+(?:\.\d+)?)", value):
+        return Zoom(label, atoms=(float(m.group(1)), float(m.group(2))))
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*px", value):
+        return Zoom(label, period=float(m.group(1)))
+    path = Path(value)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        img = read_tiff(path).data
+        est = estimate_period(img if img.ndim == 2 else img.reshape(-1, *img.shape[-2:])[0])
+        if not est.found:
+            raise DatasetError(f"no clear lattice in '{path.name}' to measure the period of zoom {label}; give atoms instead")
+        return Zoom(label, period=est.period)
+    raise DatasetError(f"cannot read zoom {text!r}: expected 36x38, 12.5px or a .tif file")
+
+
+@dataclass
+class TargetSpec:
+    """What the builder makes; every field is recorded in the manifest."""
+
+    zooms: list[Zoom]
+    per_mask: int = 20
+    rotate: int = 0  # degrees clockwise, a multiple of 90
+    dent_depth: float = 0.4
+    seed: int = 0
+    lattice_period: float | None = None  # px; None: estimated
+
+
+@dataclass
+class Target:
+    image: np.ndarray
+    clean: np.ndarray  # the same crop without the dent
+    mask_name: str
+    zoom: str
+    atoms: tuple[float, float]
+    origin: tuple[float, float]  # crop origin in the tiled lattice (px)
+    index: int
+    info: dict = field(default_factory=dict)
+
+    @property
+    def filename(self) -> str:
+        return f"{_safe(self.zoom)}_{_safe(self.mask_name)}_{self.index:03d}.tif"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.+-]+", "_", name).strip("._") or "x"
+
+
+def rotate_clockwise(image: np.ndarray, degrees: int) -> np.ndarray:
+    if degrees % 90:
+        raise DatasetError(f"rotation must be a multiple of 90 degrees, got {degrees}")
+    return np.rot90(image, k=-(degrees // 90) % 4).copy()
+
+
+def _axis_period(image: np.ndarray, axis: int, guess: float) -> float:
+    """Period along one axis from the mean profile's spectrum, near the 2D estimate."""
+    prof = image.mean(axis=1 - axis)
+    prof = prof - prof.mean()
+    n = len(prof)
+    spec = np.abs(np.fft.rfft(prof * np.hanning(n))) ** 2
+    k0 = n / guess
+    ks = np.arange(len(spec))
+    band = (ks > 0.5 * k0) & (ks < 2.2 * k0)
+    if not band.any():
+        return guess
+    k = ks[band][np.argmax(spec[band])]
+    lo, hi = max(k - 1, 1), min(k + 2, len(spec))
+    kk = (spec[lo:hi] * ks[lo:hi]).sum() / spec[lo:hi].sum()
+    return n / kk
+
+
+def lattice_cell(lattice: np.ndarray, period: float | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+    """``lattice`` trimmed to a whole number of periods along each axis, so that it tiles seamlessly.
+
+    Returns the trimmed image and its period along (y, x) in px.
+    """
+    if period is None:
+        est = estimate_period(lattice)
+        if not est.found:
+            raise DatasetError("no clear lattice found in the synthetic image: give its period (lattice_period)")
+        period = est.period
+    py, px = _axis_period(lattice, 0, period), _axis_period(lattice, 1, period)
+    ny, nx = max(1, int(lattice.shape[0] // py)), max(1, int(lattice.shape[1] // px))
+    cell = lattice[: int(round(ny * py)), : int(round(nx * px))]
+    return cell, (cell.shape[0] / ny, cell.shape[1] / nx)
+
+
+def iter_targets(lattice: np.ndarray, masks: dict[str, np.ndarray], spec: TargetSpec) -> Iterator[Target]:
+    """Yield every target (with its undented crop), in a fixed order, deterministic from ``spec.seed``."""
+    if not masks:
+        raise DatasetError("no masks given: make some with 'emdenoise mask' or the Dent mask widget")
+    if not spec.zooms:
+        raise DatasetError("no zoom levels given, e.g. 20MX=36x38")
+    if spec.per_mask < 1:
+        raise DatasetError(f"per_mask must be at least 1, got {spec.per_mask}")
+    for name, mask in masks.items():
+        if mask.ndim != 2:
+            raise DatasetError(f"mask '{name}' must be 2D, got shape {mask.shape}")
+    cell, (py, px) = lattice_cell(rotate_clockwise(np.asarray(lattice, dtype=np.float32), spec.rotate), spec.lattice_period)
+    rng = np.random.default_rng(spec.seed)
+    for zoom in spec.zooms:
+        for mask_name, mask in masks.items():
+            atoms = zoom.atoms_for(mask.shape)
+            crop = (int(round(atoms[1] * py)), int(round(atoms[0] * px)))  # lattice px holding the atoms
+            # a large lattice: the crop plus one cell of room for random positions
+            reps = (-(-(crop[0] + cell.shape[0]) // cell.shape[0]), -(-(crop[1] + cell.shape[1]) // cell.shape[1]))
+            tiled = np.tile(cell, reps)
+            for i in range(spec.per_mask):
+                r0 = int(rng.integers(0, tiled.shape[0] - crop[0] + 1))
+                c0 = int(rng.integers(0, tiled.shape[1] - crop[1] + 1))
+                clean = resample(tiled[r0 : r0 + crop[0], c0 : c0 + crop[1]], mask.shape)
+                yield Target(
+                    image=apply_mask(clean, mask, spec.dent_depth), clean=clean, mask_name=mask_name, zoom=zoom.label,
+                    atoms=atoms, origin=(r0, c0), index=i,
+                    info={"period_px": (mask.shape[0] / atoms[1] + mask.shape[1] / atoms[0]) / 2},
+                )
+
+
+def build_targets(
+    lattice: np.ndarray, masks: dict[str, np.ndarray], spec: TargetSpec, out: str | Path,
+    noisy: dict[str, np.ndarray] | None = None, overwrite: bool = False, progress=None, cancel=None,
+) -> list[Path]:
+    """Write the target set to ``out`` (see the module docstring) and return the files written."""
+    out = Path(out)
+    manifest_csv, manifest_json = out / "manifest.csv", out / "manifest.json"
+    if (manifest_csv.exists() or (out / "trainB").exists()) and not overwrite:
+        raise FileExistsError(f"'{out}' already holds a target set; use overwrite (CLI: --overwrite) or another folder")
+    total = len(spec.zooms) * len(masks) * spec.per_mask
+    written, rows = [], []
+    for n, t in enumerate(iter_targets(lattice, masks, spec), start=1):
+        if cancel is not None and cancel():
+            break
+        path = write_tiff(out / "trainB" / t.filename, t.image, overwrite=True)
+        written.append(path)
+        rows.append({
+            "file": f"trainB/{t.filename}", "zoom": t.zoom, "mask": t.mask_name, "index": t.index,
+            "atoms_x": t.atoms[0], "atoms_y": t.atoms[1], "period_px": round(t.info["period_px"], 4),
+            "crop_row": t.origin[0], "crop_col": t.origin[1], "rotate_cw": spec.rotate, "dent_depth": spec.dent_depth,
+            "seed": spec.seed,
+        })
+        if progress is not None:
+            progress(n, total)
+    for name, img in (noisy or {}).items():
+        path = write_tiff(out / "trainA" / f"{_safe(name)}.tif", img, overwrite=True)
+        written.append(path)
+        rows.append({"file": f"trainA/{path.name}", "zoom": "", "mask": "", "index": "", "atoms_x": "", "atoms_y": "",
+                     "period_px": "", "crop_row": "", "crop_col": "", "rotate_cw": "", "dent_depth": "", "seed": ""})
+    out.mkdir(parents=True, exist_ok=True)
+    with open(manifest_csv, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["file"])
+        w.writeheader()
+        w.writerows(rows)
+    manifest_json.write_text(json.dumps({
+        "spec": {**asdict(spec), "zooms": [asdict(z) for z in spec.zooms]},
+        "masks": sorted(masks), "complete": len(rows) >= total, "files": rows,
+    }, indent=2) + "\n")
+    return written
