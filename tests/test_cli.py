@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from napari_emdenoise.cli import build_parser, main
-from napari_emdenoise.io import read_tiff
+from napari_emdenoise.io import read_tiff, write_tiff
 
 
 def _digest(folder):
@@ -86,7 +86,7 @@ def _subparsers(parser):
 def test_every_option_of_every_subcommand_is_described():
     parser = build_parser()
     subs = _subparsers(parser)
-    assert {"simulate", "info", "denoise"} <= set(subs)
+    assert {"simulate", "info", "denoise", "mask", "synth"} <= set(subs)
     for name, sub in subs.items():
         text = sub.format_help()
         for action in sub._actions:
@@ -98,7 +98,7 @@ def test_every_option_of_every_subcommand_is_described():
 
 
 def test_help_exits_cleanly(capsys):
-    for argv in (["--help"], ["simulate", "--help"], ["info", "--help"], ["denoise", "--help"]):
+    for argv in (["--help"], *([c, "--help"] for c in ("simulate", "info", "denoise", "mask", "synth"))):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 0
@@ -143,3 +143,37 @@ def test_denoise_with_a_bad_model_is_one_line(tmp_path, capsys):
 def test_denoise_rejects_an_overlap_larger_than_half_the_tile(tmp_path, capsys):
     assert main(["denoise", "x.tif", "-o", str(tmp_path), "--tile", "128", "--overlap", "100"]) == 2
     assert "--overlap" in capsys.readouterr().err
+
+
+def test_mask_and_synth_build_a_target_set(tmp_path, capsys):
+    sim = tmp_path / "sim"
+    assert main(["simulate", "-o", str(sim), "--n", "2", "--size", "192x224", "--period", "10", "--dents", "1",
+                 "--dent-depth", "0.4"]) == 0
+    masks = tmp_path / "masks"
+    assert main(["mask", *map(str, sorted((sim / "noisy").glob("*.tif"))), "-o", str(masks)]) == 0
+    assert "sim_0000.tif ->" in capsys.readouterr().out
+    mask = read_tiff(masks / "sim_0000_mask.tif")
+    assert mask.data.shape == (192, 224) and mask.data.max() <= 255 and mask.data.max() > 128
+    assert main(["mask", str(sim / "noisy" / "sim_0000.tif"), "-o", str(tmp_path / "one.tif"), "--preset", "origin",
+                 "--variant", "min"]) == 0
+    info = json.loads(read_tiff(tmp_path / "one.tif").metadata["imagej"]["Info"])
+    assert info["mask_params"]["window"] == 5 and info["mask_params"]["variant"] == "min"
+    out = tmp_path / "set"
+    rc = main(["synth", "--simulate", "--sim-period", "12", "--masks", str(masks), "--zoom", "20MX=16x14", "10MX=8x7",
+               "--per-mask", "3", "--rotate", "270", "--noisy", str(sim / "noisy"), "-o", str(out)])
+    assert rc == 0
+    assert len(list((out / "trainB").glob("*.tif"))) == 2 * 2 * 3
+    assert len(list((out / "trainA").glob("*.tif"))) == 2
+    meta = json.loads((out / "manifest.json").read_text())
+    assert meta["complete"] and len(meta["files"]) == 14
+    assert main(["synth", "--simulate", "--masks", str(masks), "--zoom", "20MX=16x14", "-o", str(out)]) == 2
+    assert "overwrite" in capsys.readouterr().err
+
+
+def test_synth_explains_a_bad_zoom_and_an_empty_mask_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["synth", "--simulate", "--masks", str(tmp_path / "empty"), "--zoom", "20MX=16x14", "-o", str(tmp_path / "o")]) == 2
+    assert "holds no .tif files" in capsys.readouterr().err
+    write_tiff(tmp_path / "m.tif", np.zeros((32, 32)))
+    assert main(["synth", "--simulate", "--masks", str(tmp_path / "m.tif"), "--zoom", "20MX:16x14", "-o", str(tmp_path / "o")]) == 2
+    assert "zoom must look like" in capsys.readouterr().err
