@@ -129,3 +129,16 @@ def test_bad_inputs_are_explained(lattice, masks):
         list(iter_targets(lattice, masks, TargetSpec(zooms=[])))
     with pytest.raises(DatasetError, match="no clear lattice"):
         list(iter_targets(np.random.default_rng(0).random((128, 128)), masks, TargetSpec(zooms=[Zoom("z", atoms=(4, 4))])))
+
+
+def test_cancel_leaves_a_manifest_of_exactly_what_was_written(tmp_path, lattice, masks):
+    from napari_emdenoise.dataset import iter_build_targets
+
+    spec = TargetSpec(zooms=[Zoom("z", atoms=(10, 10))], per_mask=5)
+    gen = iter_build_targets(lattice, masks, spec, tmp_path / "set")
+    for _ in range(3):
+        assert next(gen)[1] == 10
+    gen.close()  # the user pressed Cancel
+    meta = json.loads((tmp_path / "set" / "manifest.json").read_text())
+    on_disk = sorted(p.relative_to(tmp_path / "set").as_posix() for p in (tmp_path / "set" / "trainB").iterdir())
+    assert not meta["complete"] and sorted(r["file"] for r in meta["files"]) == on_disk and len(on_disk) == 3

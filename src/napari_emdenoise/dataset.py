@@ -22,7 +22,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 
@@ -170,42 +170,73 @@ def iter_targets(lattice: np.ndarray, masks: dict[str, np.ndarray], spec: Target
                 )
 
 
-def build_targets(
+def iter_build_targets(
     lattice: np.ndarray, masks: dict[str, np.ndarray], spec: TargetSpec, out: str | Path,
-    noisy: dict[str, np.ndarray] | None = None, overwrite: bool = False, progress=None, cancel=None,
-) -> list[Path]:
-    """Write the target set to ``out`` (see the module docstring) and return the files written."""
+    noisy: dict[str, np.ndarray] | None = None, overwrite: bool = False,
+) -> Generator[tuple[int, int], None, list[Path]]:
+    """Write the target set to ``out``, yielding (written, total) after each target; returns the files.
+
+    Closing the generator (Cancel) stops after the current file; the manifest is written in
+    every case and lists exactly the files that exist (``complete`` says whether all do).
+    """
     out = Path(out)
     manifest_csv, manifest_json = out / "manifest.csv", out / "manifest.json"
     if (manifest_csv.exists() or (out / "trainB").exists()) and not overwrite:
         raise FileExistsError(f"'{out}' already holds a target set; use overwrite (CLI: --overwrite) or another folder")
     total = len(spec.zooms) * len(masks) * spec.per_mask
-    written, rows = [], []
-    for n, t in enumerate(iter_targets(lattice, masks, spec), start=1):
-        if cancel is not None and cancel():
-            break
-        path = write_tiff(out / "trainB" / t.filename, t.image, overwrite=True)
-        written.append(path)
-        rows.append({
-            "file": f"trainB/{t.filename}", "zoom": t.zoom, "mask": t.mask_name, "index": t.index,
-            "atoms_x": t.atoms[0], "atoms_y": t.atoms[1], "period_px": round(t.info["period_px"], 4),
-            "crop_row": t.origin[0], "crop_col": t.origin[1], "rotate_cw": spec.rotate, "dent_depth": spec.dent_depth,
-            "seed": spec.seed,
-        })
+    written: list[Path] = []
+    rows: list[dict] = []
+    targets = iter_targets(lattice, masks, spec)  # validates the inputs before anything is written
+    first = next(targets, None)
+    try:
+        for name, img in (noisy or {}).items():
+            path = write_tiff(out / "trainA" / f"{_safe(name)}.tif", img, overwrite=True)
+            written.append(path)
+            rows.append({"file": f"trainA/{path.name}", **dict.fromkeys(_TARGET_FIELDS, "")})
+        for n, t in enumerate(_chain(first, targets), start=1):
+            path = write_tiff(out / "trainB" / t.filename, t.image, overwrite=True)
+            written.append(path)
+            rows.append({
+                "file": f"trainB/{t.filename}", "zoom": t.zoom, "mask": t.mask_name, "index": t.index,
+                "atoms_x": t.atoms[0], "atoms_y": t.atoms[1], "period_px": round(t.info["period_px"], 4),
+                "crop_row": t.origin[0], "crop_col": t.origin[1], "rotate_cw": spec.rotate,
+                "dent_depth": spec.dent_depth, "seed": spec.seed,
+            })
+            yield n, total
+    finally:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(manifest_csv, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["file", *_TARGET_FIELDS])
+            w.writeheader()
+            w.writerows(rows)
+        n_targets = sum(1 for r in rows if r["file"].startswith("trainB/"))
+        manifest_json.write_text(json.dumps({
+            "spec": {**asdict(spec), "zooms": [asdict(z) for z in spec.zooms]},
+            "masks": sorted(masks), "complete": n_targets == total, "files": rows,
+        }, indent=2) + "\n")
+    return written
+
+
+_TARGET_FIELDS = ["zoom", "mask", "index", "atoms_x", "atoms_y", "period_px", "crop_row", "crop_col", "rotate_cw",
+                  "dent_depth", "seed"]
+
+
+def _chain(first, rest):
+    if first is not None:
+        yield first
+        yield from rest
+
+
+def build_targets(
+    lattice: np.ndarray, masks: dict[str, np.ndarray], spec: TargetSpec, out: str | Path,
+    noisy: dict[str, np.ndarray] | None = None, overwrite: bool = False, progress=None,
+) -> list[Path]:
+    """Write the target set (see :func:`iter_build_targets`); ``progress(written, total)`` per target."""
+    gen = iter_build_targets(lattice, masks, spec, out, noisy=noisy, overwrite=overwrite)
+    while True:
+        try:
+            n, total = next(gen)
+        except StopIteration as stop:
+            return stop.value
         if progress is not None:
             progress(n, total)
-    for name, img in (noisy or {}).items():
-        path = write_tiff(out / "trainA" / f"{_safe(name)}.tif", img, overwrite=True)
-        written.append(path)
-        rows.append({"file": f"trainA/{path.name}", "zoom": "", "mask": "", "index": "", "atoms_x": "", "atoms_y": "",
-                     "period_px": "", "crop_row": "", "crop_col": "", "rotate_cw": "", "dent_depth": "", "seed": ""})
-    out.mkdir(parents=True, exist_ok=True)
-    with open(manifest_csv, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["file"])
-        w.writeheader()
-        w.writerows(rows)
-    manifest_json.write_text(json.dumps({
-        "spec": {**asdict(spec), "zooms": [asdict(z) for z in spec.zooms]},
-        "masks": sorted(masks), "complete": len(rows) >= total, "files": rows,
-    }, indent=2) + "\n")
-    return written
