@@ -73,7 +73,53 @@ def denoise() -> None:
     viewer.close()
 
 
-SHOTS = {"samples": samples, "denoise": denoise}
+def _wait(condition, timeout_s: float = 60.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+def mask() -> None:
+    from napari_emdenoise._widgets.mask import MaskWidget
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1280, 720)
+    viewer.open_sample("napari-emdenoise", "noisy_dented")
+    widget = MaskWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Dent mask", area="right")
+    _wait(lambda: "noisy dented dent mask" in viewer.layers and widget.idle)
+    widget.make_editable()
+    _settle(viewer)
+    viewer.screenshot(str(HERE / "mask.png"), canvas_only=False)
+    viewer.close()
+
+
+def targets() -> None:
+    from napari_emdenoise._widgets.dataset import DatasetWidget
+    from napari_emdenoise.masks import dent_mask
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1280, 720)
+    viewer.open_sample("napari-emdenoise", "noisy_dented")
+    viewer.add_image(dent_mask(viewer.layers["noisy dented"].data), name="noisy dented dent mask", visible=False)
+    widget = DatasetWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Target set", area="right")
+    widget.reset_choices()
+    widget._mask_layers.value = ["noisy dented dent mask"]
+    widget._zooms.value = "20MX=32x32, 10MX=16x16"
+    widget._per_mask.value = 2
+    viewer.layers["noisy dented"].visible = False
+    widget.preview()
+    viewer.grid.enabled = True
+    _settle(viewer)
+    viewer.screenshot(str(HERE / "targets.png"), canvas_only=False)
+    viewer.close()
+
+
+SHOTS = {"samples": samples, "denoise": denoise, "mask": mask, "targets": targets}
 
 if __name__ == "__main__":
     HERE.mkdir(parents=True, exist_ok=True)

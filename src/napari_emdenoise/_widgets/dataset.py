@@ -33,6 +33,7 @@ from ..io import ImageFileError, read_tiff
 from ..simulate import simulate
 
 SIMULATED = "simulated lattice"
+PREVIEW = "target "  # name prefix of preview layers
 
 
 class DatasetWidget(Container):
@@ -74,10 +75,11 @@ class DatasetWidget(Container):
 
     def _mask_choices(self, *_):
         return [layer.name for layer in self._viewer.layers
-                if isinstance(layer, (napari.layers.Image, napari.layers.Labels)) and "mask" in layer.name and layer.ndim == 2]
+                if isinstance(layer, (napari.layers.Image, napari.layers.Labels)) and "mask" in layer.name
+                and layer.ndim == 2 and not layer.name.startswith(PREVIEW)]
 
     def _image_choices(self, *_):
-        return [layer.name for layer in self._image_layers() if "mask" not in layer.name]
+        return [layer.name for layer in self._image_layers() if "mask" not in layer.name and not layer.name.startswith(PREVIEW)]
 
     # ------------------------------------------------------------------ inputs
     def _inputs(self):
@@ -117,7 +119,7 @@ class DatasetWidget(Container):
         except (DatasetError, ImageFileError, ValueError) as exc:
             show_error(str(exc))
             return []
-        return [self._viewer.add_image(t.image, name=f"target {t.filename}") for t in targets]
+        return [self._viewer.add_image(t.image, name=f"{PREVIEW}{t.filename}") for t in targets]
 
     def start(self):
         out = str(self._out.value)

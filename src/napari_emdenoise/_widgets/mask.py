@@ -34,6 +34,11 @@ def ask(parent, question: str) -> bool:
     return answer == QMessageBox.Yes
 
 
+def _geometry(layer) -> dict:
+    """Scale, translate and units of the last two axes of ``layer``, for a layer drawn over it."""
+    return {"scale": layer.scale[-2:], "translate": layer.translate[-2:], "units": layer.units[-2:]}
+
+
 class MaskWidget(Container):
     """Live dent-mask preview with sliders, an editable Labels layer, and Save."""
 
@@ -165,7 +170,7 @@ class MaskWidget(Container):
             self._viewer.layers[name].data = mask
         else:
             self._viewer.add_image(mask, name=name, colormap="magma", blending="additive", opacity=0.5,
-                                   contrast_limits=(0, 255), scale=layer.scale[-2:], translate=layer.translate[-2:])
+                                   contrast_limits=(0, 255), **_geometry(layer))
         area = 100 * float(mask_region(mask, params.threshold).mean())
         self._status.value = f"dent region: {area:.1f}% of the image"
 
@@ -183,7 +188,7 @@ class MaskWidget(Container):
                 return edit
             edit.data = region
             return edit
-        edit = self._viewer.add_labels(region, name=name, scale=layer.scale[-2:], translate=layer.translate[-2:], opacity=0.5)
+        edit = self._viewer.add_labels(region, name=name, opacity=0.5, **_geometry(layer))
         edit.mode = "paint"
         edit.selected_label = 1
         return edit
