@@ -37,15 +37,14 @@ def samples() -> None:
 
 def _quick_model(path: Path) -> Path:
     """A small denoiser trained for ~10 s on simulated pairs (until a bundled default model exists)."""
-    from napari_emdenoise.checkpoints import save_generator
     from napari_emdenoise.nets import GeneratorConfig
     from napari_emdenoise.simulate import simulate
-    from napari_emdenoise.train import PairedConfig, run, train_paired
+    from napari_emdenoise.train import TrainConfig, run, train
 
     sims = [simulate(size=192, period=16, dose=d, dents=1, seed=i) for i, d in enumerate((3, 6, 12, 4))]
-    cfg = PairedConfig(generator=GeneratorConfig(netG="resnet_6blocks", ngf=8), iterations=200)
-    net, info = run(train_paired([s.noisy for s in sims], [s.clean for s in sims], cfg))
-    return save_generator(path, net, info)
+    cfg = TrainConfig(mode="paired", generator=GeneratorConfig("resnet_6blocks", ngf=8), iterations=200, batch_size=8,
+                      crop=64, lr=2e-3, decay_from=0.0, preview_every=0)
+    return run(train([s.noisy for s in sims], [s.clean for s in sims], path, cfg))
 
 
 def denoise() -> None:
@@ -59,7 +58,7 @@ def denoise() -> None:
     widget = DenoiseWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Denoise", area="right")
     widget._source.value = FILE
-    widget._file.value = _quick_model(Path(tempfile.mkdtemp()) / "quick.safetensors")
+    widget._file.value = _quick_model(Path(tempfile.mkdtemp()) / "run")
     worker = widget.start()
     while worker is not None and widget._worker is not None:
         QApplication.processEvents()

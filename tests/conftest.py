@@ -46,18 +46,17 @@ def bad_files(tmp_path, uint16_tiff):
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory):
-    """A small real denoiser: resnet_6blocks, ngf 8, trained paired for 200 iterations (~10 s) at period 12."""
-    from napari_emdenoise.checkpoints import save_generator
+    """A small real denoiser: resnet_6blocks, ngf 8, trained paired for 200 iterations (~10 s) at period 12.
+
+    The first training schedule this project used: learning rate 2e-3 decaying linearly from the start."""
     from napari_emdenoise.nets import GeneratorConfig
     from napari_emdenoise.simulate import simulate
-    from napari_emdenoise.train import PairedConfig, run, train_paired
+    from napari_emdenoise.train import TrainConfig, run, train
 
     sims = [simulate(size=192, period=12, dose=d, dents=1, seed=i) for i, d in enumerate((3, 6, 12, 4))]
-    cfg = PairedConfig(generator=GeneratorConfig(netG="resnet_6blocks", ngf=8), iterations=200, seed=0)
-    net, info = run(train_paired([s.noisy for s in sims], [s.clean for s in sims], cfg))
-    path = tmp_path_factory.mktemp("model") / "small.safetensors"
-    save_generator(path, net, info)
-    return path
+    cfg = TrainConfig(mode="paired", generator=GeneratorConfig("resnet_6blocks", ngf=8), iterations=200, batch_size=8,
+                      crop=64, lr=2e-3, decay_from=0.0, preview_every=0, checkpoint_every=1000, seed=0)
+    return run(train([s.noisy for s in sims], [s.clean for s in sims], tmp_path_factory.mktemp("model"), cfg))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,167 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from napari_emdenoise import denoise, load_generator
+from napari_emdenoise.nets import GeneratorConfig
+from napari_emdenoise.simulate import simulate
+from napari_emdenoise.train import ImagePool, TrainConfig, TrainingError, run, train
+
+TINY = dict(generator=GeneratorConfig("resnet_6blocks", ngf=4), ndf=8, crop=32, batch_size=2, preview_every=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    sims = [simulate(size=96, period=12, dose=4, dents=1, seed=i) for i in range(3)]
+    clean = [simulate(size=96, period=12, dose=1000.0, dents=1, seed=10 + i).clean for i in range(3)]
+    return [s.noisy for s in sims], [s.clean for s in sims], clean
+
+
+def _losses(events):
+    return [e.losses for e in events]
+
+
+def test_paired_training_beats_the_noisy_input_by_3_db(tmp_path):
+    train_sims = [simulate(size=160, period=12, dose=d, dents=1, seed=i) for i, d in enumerate((3, 6, 12, 4))]
+    cfg = TrainConfig(mode="paired", generator=GeneratorConfig("resnet_6blocks", ngf=8), iterations=200, batch_size=8,
+                      crop=64, lr=2e-3, decay_from=0.0, preview_every=0, seed=1)
+    path = run(train([s.noisy for s in train_sims], [s.clean for s in train_sims], tmp_path / "run", cfg))
+    val = simulate(size=(200, 240), period=12, dose=5, dents=1, seed=77)
+    out = denoise(val.noisy, path, tile=None)
+    mse = lambda x: np.mean((x - val.clean) ** 2)  # noqa: E731
+    assert 10 * np.log10(mse(val.noisy) / mse(out)) >= 3.0
+    assert load_generator(path).emdenoise_info.period == pytest.approx(12, rel=0.02)
+
+
+def test_cyclegan_runs_end_to_end_and_its_losses_fall(tmp_path, data):
+    noisy, _, clean = data
+    cfg = TrainConfig(iterations=60, checkpoint_every=30, **TINY)
+    events = list(train(noisy, clean, tmp_path / "run", cfg))
+    assert [e.iteration for e in events] == list(range(1, 61))
+    assert set(events[0].losses) == {"D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B"}
+    cyc = [e.losses["cycle_A"] + e.losses["cycle_B"] for e in events]
+    assert np.mean(cyc[-10:]) < 0.7 * np.mean(cyc[:10])
+    assert events[-1].lr < events[0].lr  # linear decay in the second half
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    for f in ("latest_net_G_A.pth", "latest_net_G_B.pth", "latest_net_D_A.pth", "latest_net_D_B.pth",
+              "denoiser.safetensors", "checkpoint.pt", "config.json", "loss_log.csv", "loss.png"):
+        assert f in names
+    with open(tmp_path / "run" / "loss_log.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 60
+    # the reference-named generator loads as a reference checkpoint and denoises
+    net = load_generator(tmp_path / "run" / "latest_net_G_A.pth")
+    assert denoise(noisy[0], net, tile=None, rescale=False).shape == noisy[0].shape
+
+
+def test_same_seed_same_weights(tmp_path, data):
+    noisy, _, clean = data
+    cfg = TrainConfig(iterations=5, checkpoint_every=100, **TINY)
+    a = _losses(train(noisy, clean, tmp_path / "a", cfg))
+    b = _losses(train(noisy, clean, tmp_path / "b", cfg))
+    assert a == b
+    wa = load_generator(tmp_path / "a" / "latest_net_G_A.pth").state_dict()
+    wb = load_generator(tmp_path / "b" / "latest_net_G_A.pth").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_stop_saves_and_resume_continues_exactly(tmp_path, data):
+    noisy, _, clean = data
+    cfg = TrainConfig(iterations=12, checkpoint_every=100, **TINY)
+    full = _losses(train(noisy, clean, tmp_path / "full", cfg))
+    gen = train(noisy, clean, tmp_path / "run", cfg)
+    first = [next(gen).losses for _ in range(5)]
+    gen.close()  # Stop: a checkpoint at iteration 5
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 5
+    rest = _losses(train(noisy, clean, tmp_path / "run", resume=True))
+    assert first + rest == full
+    with open(tmp_path / "run" / "loss_log.csv") as fh:
+        assert [int(r["iteration"]) for r in csv.DictReader(fh)] == list(range(1, 13))
+
+
+CRASH = textwrap.dedent("""
+    import os, sys, numpy as np, torch
+    import napari_emdenoise.checkpoints as ck
+    from napari_emdenoise.nets import GeneratorConfig
+    from napari_emdenoise.simulate import simulate
+    from napari_emdenoise.train import TrainConfig, run, train
+    real_save, calls = torch.save, []
+    def dying_save(obj, f, *a, **k):
+        if isinstance(obj, dict) and "rng_torch" in obj:
+            calls.append(1)
+            if len(calls) == 2:  # the second full checkpoint: die half way through writing it
+                real_save(obj, f, *a, **k)
+                with open(f, "r+b") as fh:
+                    fh.truncate(os.path.getsize(f) // 2)
+                os._exit(137)
+        return real_save(obj, f, *a, **k)
+    torch.save = dying_save
+    noisy = [simulate(size=96, period=12, dose=4, dents=1, seed=i).noisy for i in range(3)]
+    clean = [simulate(size=96, period=12, dose=1000.0, dents=1, seed=10 + i).clean for i in range(3)]
+    cfg = TrainConfig(iterations=12, checkpoint_every=4, generator=GeneratorConfig("resnet_6blocks", ngf=4), ndf=8,
+                      crop=32, batch_size=2, preview_every=0)
+    run(train(noisy, clean, sys.argv[1], cfg))
+""")
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path, data):
+    noisy, _, clean = data
+    cfg = TrainConfig(iterations=12, checkpoint_every=4, **TINY)
+    full = _losses(train(noisy, clean, tmp_path / "full", cfg))
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True)
+    assert proc.returncode == 137, proc.stderr
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 4  # the write at iteration 8 died; iteration 4 is intact
+    rest = _losses(train(noisy, clean, tmp_path / "run", resume=True))
+    assert rest == full[4:]
+    assert not list((tmp_path / "run").glob(".*.part"))  # the half-written file is gone
+
+
+def test_image_pool_follows_the_reference_rule():
+    rng = np.random.default_rng(0)
+    a, b, c = (torch.full((1, 1, 2, 2), v) for v in (1.0, 2.0, 3.0))
+    pool = ImagePool(2)
+    assert torch.equal(pool.query(a, rng), a) and torch.equal(pool.query(b, rng), b)  # filling: pass through
+    swapped = 0
+    for _ in range(400):
+        pool.images = [a.clone(), b.clone()]
+        out = pool.query(c, rng)
+        if not torch.equal(out, c):  # a stored image came back, and c took its place
+            swapped += 1
+            assert float(out[0, 0, 0, 0]) in (1.0, 2.0)
+            assert any(torch.equal(t, c) for t in pool.images)
+    assert 0.4 < swapped / 400 < 0.6
+
+
+@pytest.mark.parametrize(
+    "noisy, clean, cfg, words",
+    [
+        ([], [np.zeros((64, 64))], {}, "no noisy images"),
+        ([np.zeros((64, 64))], [], {}, "no clean target"),
+        ([np.zeros((20, 20))], [np.zeros((20, 20))], {"period": None}, "smaller than the crop"),
+        ([np.zeros((3, 64, 64))], [np.zeros((64, 64))], {}, "single-channel 2D"),
+        ([np.zeros((64, 64))], [np.zeros((64, 64)), np.zeros((64, 64))], {"mode": "paired"}, "as many clean as noisy"),
+        ([np.zeros((64, 64))], [np.zeros((64, 48))], {"mode": "paired"}, "differ in shape"),
+    ],
+)
+def test_bad_inputs_are_refused_before_training(tmp_path, noisy, clean, cfg, words):
+    with pytest.raises(TrainingError, match=words):
+        next(train(noisy, clean, tmp_path / "run", TrainConfig(**{**TINY, "crop": 32, **cfg})))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_an_unwritable_output_folder_is_refused(tmp_path, data):
+    noisy, _, clean = data
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(TrainingError, match="cannot write to the output folder"):
+        next(train(noisy, clean, blocker / "run", TrainConfig(**TINY)))
