@@ -86,7 +86,7 @@ def _subparsers(parser):
 def test_every_option_of_every_subcommand_is_described():
     parser = build_parser()
     subs = _subparsers(parser)
-    assert {"simulate", "info", "denoise", "mask", "synth"} <= set(subs)
+    assert {"simulate", "info", "denoise", "mask", "synth", "train"} <= set(subs)
     for name, sub in subs.items():
         text = sub.format_help()
         for action in sub._actions:
@@ -98,7 +98,7 @@ def test_every_option_of_every_subcommand_is_described():
 
 
 def test_help_exits_cleanly(capsys):
-    for argv in (["--help"], *([c, "--help"] for c in ("simulate", "info", "denoise", "mask", "synth"))):
+    for argv in (["--help"], *([c, "--help"] for c in ("simulate", "info", "denoise", "mask", "synth", "train"))):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 0
@@ -177,3 +177,32 @@ def test_synth_explains_a_bad_zoom_and_an_empty_mask_folder(tmp_path, capsys):
     write_tiff(tmp_path / "m.tif", np.zeros((32, 32)))
     assert main(["synth", "--simulate", "--masks", str(tmp_path / "m.tif"), "--zoom", "20MX:16x14", "-o", str(tmp_path / "o")]) == 2
     assert "zoom must look like" in capsys.readouterr().err
+
+
+def test_train_paired_from_simulate_then_denoise(tmp_path, capsys):
+    sim = tmp_path / "sim"
+    assert main(["simulate", "-o", str(sim), "--n", "3", "--size", "128", "--period", "12", "--dose", "5"]) == 0
+    run_dir = tmp_path / "run"
+    rc = main(["train", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"), "-o", str(run_dir),
+               "--mode", "paired", "--iters", "6", "--crop", "48", "--batch-size", "2", "--checkpoint-every", "3"])
+    assert rc == 0, capsys.readouterr().err
+    assert (run_dir / "denoiser.safetensors").exists() and (run_dir / "loss.png").exists()
+    with open(run_dir / "loss_log.csv") as fh:
+        assert len(fh.readlines()) == 7
+    assert main(["train", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"), "-o", str(run_dir)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert main(["denoise", str(sim / "noisy" / "sim_0000.tif"), "-o", str(out), "--model",
+                 str(run_dir / "denoiser.safetensors")]) == 0
+
+
+def test_train_explains_bad_folders(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "notes.txt").write_text("hello")
+    assert main(["train", "--noisy", str(tmp_path / "empty"), "--clean", str(tmp_path / "txt"), "-o", str(tmp_path / "r")]) == 2
+    assert "holds no .tif files" in capsys.readouterr().err
+    write_tiff(tmp_path / "small.tif", np.zeros((40, 40)))
+    assert main(["train", "--noisy", str(tmp_path / "small.tif"), "--clean", str(tmp_path / "small.tif"),
+                 "-o", str(tmp_path / "r"), "--period", "10"]) == 2
+    assert "smaller than the crop" in capsys.readouterr().err

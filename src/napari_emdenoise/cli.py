@@ -181,6 +181,97 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a denoiser (CycleGAN on unpaired images, or paired on simulated pairs)",
+        description=(
+            "Train a generator from noisy images (--noisy, domain A) to clean targets (--clean, domain B). "
+            "cyclegan: unpaired, the reference CycleGAN method (targets from 'emdenoise synth'). paired: "
+            "supervised on pairs with the same file names (from 'emdenoise simulate'). Writes RUN_DIR/denoiser.safetensors "
+            "(for 'emdenoise denoise --model'), latest_net_G_A.pth etc. (reference naming), checkpoint.pt (full state), "
+            "loss_log.csv and loss.png. Ctrl-C stops after the current iteration and saves a checkpoint; --resume continues."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--noisy", nargs="+", type=Path, help="noisy TIFFs or folders (domain A)")
+    p.add_argument("--clean", nargs="+", type=Path, help="clean target TIFFs or folders (domain B)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="run folder")
+    p.add_argument("--mode", choices=["cyclegan", "paired"], default="cyclegan", help="training method")
+    p.add_argument("--model", choices=["small", "reference"], default="small",
+                   help="small: resnet_6blocks ngf 16 for a CPU; reference: resnet_9blocks ngf 64 for a GPU")
+    p.add_argument("--iters", type=int, default=2000, help="iterations")
+    p.add_argument("--crop", type=int, default=None, help="crop size in px (default: the model preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="crops per iteration (default: the model preset's)")
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (constant, then linear decay to 0)")
+    p.add_argument("--period", type=float, default=None, help="px per lattice period to train at (default: median of the noisy images)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="compute device")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed and data on a CPU: same weights)")
+    p.add_argument("--resume", action="store_true", help="continue the run in -o from its last checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+
+def _read_folder_images(paths: list[Path], what: str) -> tuple[list[np.ndarray], list[str]]:
+    files = _tiffs(paths)
+    if not files:
+        raise UsageError(f"no {what} images given")
+    images, names = [], []
+    for f in files:
+        img = read_tiff(f).data
+        images.append(img.astype(np.float32))
+        names.append(f.name)
+    return images, names
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .train import TrainConfig, TrainingError, load_run_config, train
+
+    if not args.noisy or not args.clean:
+        raise UsageError("--noisy and --clean are both needed (also with --resume)")
+    noisy, noisy_names = _read_folder_images(args.noisy, "noisy")
+    clean, clean_names = _read_folder_images(args.clean, "clean")
+    try:
+        if args.resume:
+            cfg = load_run_config(args.out)
+        else:
+            if (args.out / "config.json").exists():
+                raise UsageError(f"'{args.out}' already holds a run; use --resume to continue it or another -o")
+            overrides = {k: v for k, v in (("crop", args.crop), ("batch_size", args.batch_size)) if v is not None}
+            cfg = TrainConfig.from_preset(args.model, mode=args.mode, iterations=args.iters, lr=args.lr, period=args.period,
+                                          device=args.device, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                                          **overrides)
+        if cfg.mode == "paired":
+            by_name = dict(zip(clean_names, clean))
+            missing = [n for n in noisy_names if n not in by_name]
+            if missing:
+                raise UsageError(f"paired mode pairs files by name; no clean file for {missing[:3]}")
+            clean, clean_names = [by_name[n] for n in noisy_names], list(noisy_names)
+        gen = train(noisy, clean, args.out, None if args.resume else cfg, noisy_names=noisy_names,
+                    clean_names=clean_names, resume=args.resume)
+        bar = tqdm(total=cfg.iterations, desc=f"train {cfg.mode}", unit="it", disable=None)
+        try:
+            for event in gen:
+                if bar.n == 0:
+                    bar.n = event.iteration - 1
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in list(event.losses.items())[:4]}, refresh=False)
+        except KeyboardInterrupt:
+            gen.close()
+            bar.close()
+            print(f"stopped; checkpoint saved in {args.out} (continue with --resume)", file=sys.stderr)
+            return 130
+        bar.close()
+    except TrainingError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"done: {args.out / 'denoiser.safetensors'} (denoise with: emdenoise denoise IN -o OUT --model "
+          f"{args.out / 'denoiser.safetensors'})")
+    return 0
+
+
 # --------------------------------------------------------------------------- simulate
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
     d = SimParams()
@@ -447,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_denoise(sub)
     _add_mask(sub)
     _add_synth(sub)
+    _add_train(sub)
     _add_simulate(sub)
     _add_info(sub)
     return parser
