@@ -193,6 +193,7 @@ def _tiled_pass(
             out[t.slices] += yt * t.window()
 
     out = np.zeros(x.shape, dtype=np.float32)
+    tiling.set_norm_mode(net, "instance")  # whatever an earlier run left, start from the reference behaviour
     try:
         todo = tiles
         if len(tiles) > 1 and tiling.tile_norms(net):

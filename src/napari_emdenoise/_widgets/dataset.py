@@ -25,12 +25,12 @@ from magicgui.widgets import (
     Select,
     SpinBox,
 )
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from ..dataset import DatasetError, TargetSpec, iter_build_targets, iter_targets, parse_zoom
 from ..io import ImageFileError, read_tiff
 from ..simulate import simulate
+from ._worker import ClosingWorker
 
 SIMULATED = "simulated lattice"
 PREVIEW = "target "  # name prefix of preview layers
@@ -132,8 +132,8 @@ class DatasetWidget(Container):
             show_error(str(exc))
             return None
 
-        self._worker = create_worker(iter_build_targets, lattice, masks, spec, Path(out), noisy=noisy,
-                                     overwrite=bool(self._overwrite.value), _start_thread=False)
+        self._worker = ClosingWorker(iter_build_targets, lattice, masks, spec, Path(out), noisy=noisy,
+                                     overwrite=bool(self._overwrite.value))
         self._worker.yielded.connect(lambda step: self._set_progress(*step))
         self._worker.returned.connect(lambda _: show_info(f"Target set written to {out}"))
         self._worker.aborted.connect(lambda: show_info("Cancelled: the manifest lists the targets written so far."))

@@ -1,7 +1,8 @@
 """Plugins > EM Denoise > Denoise: one button that runs the core ``iter_denoise`` in a thread.
 
-The widget holds no numerics: it gathers settings, starts a napari ``thread_worker`` over
-the core generator (its progress events drive the bar; quitting the worker is Cancel)
+The widget holds no numerics: it gathers settings, starts a napari worker over the core
+generator (its progress events drive the bar; Cancel quits the worker, which closes the
+generator in its own thread)
 and adds ``<name> denoised`` when the worker returns. Warnings from the core (rescaling,
 NaN pixels) reach the user as napari notifications.
 """
@@ -24,12 +25,13 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from napari.qt.threading import GeneratorWorker, create_worker
+from napari.qt.threading import GeneratorWorker
 from napari.utils.notifications import show_error, show_info
 
 from ..checkpoints import CheckpointError, model_info
 from ..inference import DEFAULT_MODEL, Progress, available_devices, iter_denoise, resolve_model
 from ..lattice import estimate_period
+from ._worker import ClosingWorker
 
 BUNDLED = "bundled default"
 FILE = "checkpoint file"
@@ -144,10 +146,9 @@ class DenoiseWidget(Container):
         units = getattr(layer, "units", None)
         if units is not None:
             meta["units"] = tuple(units[-ndim_out:])
-        self._worker = create_worker(
+        self._worker = ClosingWorker(
             iter_denoise, data, self._model, tile=self._tile.value or None, overlap=self._overlap.value,
             device=self._device.value, period=self._period.value or None, rescale=self._rescale.value,
-            _start_thread=False,
         )
         self._worker.yielded.connect(self._on_progress)
         self._worker.returned.connect(lambda result: self._add_result(result, meta))
@@ -159,6 +160,7 @@ class DenoiseWidget(Container):
         return self._worker
 
     def cancel(self) -> None:
+        """Stop before the next batch; the worker closes the core generator in its thread."""
         if self._worker is not None:
             self._worker.quit()
 

@@ -1,0 +1,235 @@
+"""Plugins > EM Denoise > Train: the core training generator in a worker thread, observable.
+
+Start runs :func:`napari_emdenoise.train.train` in a napari worker; each event moves the
+progress bar (with an ETA), extends the loss curve and, every few iterations, refreshes a
+``training preview`` layer (the generator on a fixed noisy crop). Pause/Continue pauses the
+worker between iterations; Stop quits it after the current iteration and the worker closes
+the training generator in its own thread, which saves a checkpoint; "continue the run in
+the output folder" resumes from it. Closing the widget or napari stops the worker the same
+way, so the last checkpoint is always complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    Select,
+    SpinBox,
+)
+from napari.qt.threading import GeneratorWorker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QPointF, Qt
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QApplication, QWidget
+
+from ..inference import available_devices
+from ..io import ImageFileError, read_tiff
+from ..simulate import simulate
+from ..train import PRESETS, TrainConfig, TrainEvent, TrainingError, train
+from ._worker import ClosingWorker
+
+CYCLEGAN = "CycleGAN: noisy -> target folder"
+PAIRED_SIM = "paired: simulated pairs"
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def _shutdown(holder: dict, detach: bool = False, wait: bool = False) -> None:
+    """Ask a running training to stop after its current iteration (its generator then saves a
+    checkpoint); ``detach`` first disconnects the widgets, which are gone; ``wait`` blocks until done."""
+    worker = holder.get("worker")
+    if worker is None:
+        return
+    if detach:
+        for signal in (worker.yielded, worker.returned, worker.finished, worker.errored):
+            try:
+                signal.disconnect()
+            except (TypeError, RuntimeError):
+                pass
+    if worker.is_paused:
+        worker.resume()
+    worker.quit()
+    if wait:
+        GeneratorWorker.await_workers(msecs=120_000)
+
+
+class LossPlot(QWidget):
+    """A minimal live loss curve (no plotting library needed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setMinimumHeight(140)
+        self.series: dict[str, list[float]] = {}
+
+    def add(self, losses: dict) -> None:
+        for k, v in losses.items():
+            self.series.setdefault(k, []).append(float(v))
+        self.update()
+
+    def clear(self) -> None:
+        self.series = {}
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor("#262930"))
+        if not self.series:
+            return
+        w, h, pad = self.width(), self.height(), 6
+        top = max(float(np.percentile(v, 99)) for v in self.series.values() if v) or 1.0
+        for i, (name, values) in enumerate(self.series.items()):
+            v = np.asarray(values)
+            win = max(1, len(v) // 100)
+            v = np.convolve(v, np.ones(win) / win, mode="valid")
+            if len(v) < 2:
+                continue
+            xs = pad + np.arange(len(v)) / (len(v) - 1) * (w - 2 * pad)
+            ys = h - pad - np.clip(v / top, 0, 1) * (h - 2 * pad)
+            p.setPen(QPen(QColor(COLORS[i % len(COLORS)]), 1.5))
+            p.drawPolyline(QPolygonF([QPointF(x, y) for x, y in zip(xs, ys)]))
+            p.drawText(pad + 4, 14 + 14 * i, name)
+        p.setPen(Qt.white)
+
+
+class TrainWidget(Container):
+    """Train a denoiser in the background with progress, loss curve, preview, Pause and Stop."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._worker = None
+        self._mode = ComboBox(choices=[CYCLEGAN, PAIRED_SIM], value=CYCLEGAN, label="method")
+        self._noisy_layers = Select(choices=self._image_choices, label="noisy layers")
+        self._noisy_dir = FileEdit(mode="d", value="", label="or noisy folder")
+        self._clean_dir = FileEdit(mode="d", value="", label="target folder (trainB)")
+        self._sim_period = FloatSpinBox(value=12.0, min=3.0, max=100.0, step=0.5, label="simulated period (px)")
+        self._preset = ComboBox(choices=sorted(PRESETS), value="small", label="model size")
+        self._crop = SpinBox(value=PRESETS["small"]["crop"], min=16, max=1024, step=16, label="crop (px)")
+        self._iters = SpinBox(value=2000, min=1, max=10_000_000, label="iterations")
+        self._device = ComboBox(choices=available_devices(), value="auto", label="device")
+        self._out = FileEdit(mode="d", value="", label="output folder")
+        self._resume = CheckBox(value=False, text="continue the run in the output folder")
+        self._start = PushButton(text="Start")
+        self._pause = PushButton(text="Pause", enabled=False)
+        self._stop = PushButton(text="Stop (saves a checkpoint)", enabled=False)
+        self._progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self._eta = Label(value="", label="")
+        self.extend([self._mode, self._noisy_layers, self._noisy_dir, self._clean_dir, self._sim_period, self._preset,
+                     self._crop, self._iters, self._device, self._out, self._resume, self._start, self._pause,
+                     self._stop, self._progress, self._eta])
+        self.plot = LossPlot()
+        self.native.layout().addWidget(self.plot)
+        self._preset.changed.connect(lambda name: setattr(self._crop, "value", PRESETS[name]["crop"]))
+        self._start.clicked.connect(self.start)
+        self._pause.clicked.connect(self.toggle_pause)
+        self._stop.clicked.connect(self.stop)
+        # Closing the widget or napari: stop after the current iteration so the checkpoint is complete.
+        # The slot captures no reference to this (then deleted) widget, only the flag and the worker holder.
+        holder = self._running = {"worker": None}
+        self.native.destroyed.connect(lambda *_: _shutdown(holder, detach=True))
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(lambda: _shutdown(holder, detach=True, wait=True))
+
+    def _image_choices(self, *_):
+        return [layer.name for layer in self._viewer.layers if isinstance(layer, napari.layers.Image)
+                and layer.ndim == 2 and "preview" not in layer.name]
+
+    # ------------------------------------------------------------------ inputs
+    @staticmethod
+    def _folder(value) -> Path | None:
+        return Path(value) if str(value) not in ("", ".") else None
+
+    def _read_folder(self, folder: Path, what: str) -> tuple[list[np.ndarray], list[str]]:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff")) if folder.is_dir() else []
+        if not files:
+            raise TrainingError(f"the {what} folder '{folder}' holds no .tif files")
+        return [read_tiff(p).data.astype(np.float32) for p in files], [p.name for p in files]
+
+    def _data(self):
+        if self._mode.value == PAIRED_SIM:
+            p = float(self._sim_period.value)
+            sims = [simulate(size=(256, 256), period=p * s, dose=d, dents=1, seed=i)
+                    for i, (s, d) in enumerate([(1.0, 2.0), (1.0, 5.0), (1.0, 12.0), (1.0, 25.0)])]
+            return [s.noisy for s in sims], [s.clean for s in sims], None, None, "paired", p
+        noisy = [np.asarray(self._viewer.layers[n].data, dtype=np.float32) for n in self._noisy_layers.value]
+        names = list(self._noisy_layers.value)
+        folder = self._folder(self._noisy_dir.value)
+        if folder is not None:
+            more, more_names = self._read_folder(folder, "noisy")
+            noisy, names = noisy + more, names + more_names
+        clean_dir = self._folder(self._clean_dir.value)
+        if clean_dir is None:
+            raise TrainingError("choose the target folder (trainB of a target set) for CycleGAN training")
+        clean, clean_names = self._read_folder(clean_dir, "target")
+        return noisy, clean, names, clean_names, "cyclegan", None
+
+    # ------------------------------------------------------------------ running
+    def start(self):
+        out = self._folder(self._out.value)
+        if out is None:
+            show_error("Choose an output folder for the run first.")
+            return None
+        try:
+            noisy, clean, names, clean_names, mode, period = self._data()
+            cfg = None
+            if not self._resume.value:
+                if (out / "config.json").exists():
+                    raise TrainingError(f"'{out}' already holds a run: tick 'continue the run' or choose another folder")
+                cfg = TrainConfig.from_preset(self._preset.value, mode=mode, iterations=int(self._iters.value),
+                                              crop=int(self._crop.value), device=self._device.value, period=period)
+        except (TrainingError, ImageFileError, ValueError) as exc:
+            show_error(str(exc))
+            return None
+        self.plot.clear()
+        # inputs are checked by the generator before its first iteration; a problem arrives as `errored`
+        self._worker = ClosingWorker(train, noisy, clean, out, cfg, noisy_names=names, clean_names=clean_names,
+                                     resume=self._resume.value)
+        self._worker.yielded.connect(self._on_event)
+        self._worker.returned.connect(lambda path: show_info(f"Training finished: {path}"))
+        self._worker.aborted.connect(lambda: show_info(f"Training stopped; checkpoint saved in {out}"))
+        self._worker.errored.connect(lambda exc: show_error(f"Training failed: {exc}"))
+        self._worker.finished.connect(self._finished)
+        self._running["worker"] = self._worker
+        self._set_running(True)
+        self._worker.start()
+        return self._worker
+
+    def toggle_pause(self) -> None:
+        if self._worker is not None:
+            self._worker.toggle_pause()
+            self._pause.text = "Continue" if self._worker.is_paused else "Pause"
+
+    def stop(self, *_) -> None:
+        """Stop after the current iteration; the training generator saves a checkpoint as it closes."""
+        _shutdown(self._running)
+
+    def _on_event(self, e: TrainEvent) -> None:
+        self._progress.max = e.total
+        self._progress.value = e.iteration
+        self._eta.value = f"iteration {e.iteration}/{e.total}, {e.elapsed:.0f} s, about {e.eta:.0f} s left"
+        self.plot.add(e.losses)
+        if e.preview is not None:
+            if "training preview" in self._viewer.layers:
+                self._viewer.layers["training preview"].data = e.preview
+            else:
+                self._viewer.add_image(e.preview, name="training preview")
+
+    def _finished(self) -> None:
+        self._worker = self._running["worker"] = None
+        self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        self._start.enabled = not running
+        self._pause.enabled = self._stop.enabled = running
+        self._pause.text = "Pause"

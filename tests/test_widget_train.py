@@ -1,0 +1,83 @@
+"""The Train flow in a real viewer: start, progress events, Stop, a checkpoint the Denoise flow loads."""
+
+import numpy as np
+
+from napari_emdenoise._widgets.denoise import FILE, DenoiseWidget
+from napari_emdenoise._widgets.train import CYCLEGAN, PAIRED_SIM, TrainWidget
+from napari_emdenoise.io import write_tiff
+from napari_emdenoise.simulate import simulate
+
+
+def test_start_progress_stop_then_denoise_with_the_checkpoint(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w._mode.value = PAIRED_SIM
+    w._iters.value = 10_000
+    w._crop.value = 48
+    w._out.value = tmp_path / "run"
+    events = []
+    worker = w.start()
+    worker.yielded.connect(events.append)
+    qtbot.waitUntil(lambda: len(events) >= 3, timeout=60_000)
+    assert [e.iteration for e in events[:3]] == [1, 2, 3]
+    assert w._progress.value >= 3 and "iteration" in w._eta.value
+    assert "L1" in w.plot.series and "training preview" in viewer.layers
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        w.stop()
+    assert (tmp_path / "run" / "checkpoint.pt").exists() and w._start.enabled
+    # the Denoise flow loads what Stop saved
+    viewer.add_image(simulate(size=96, period=12, seed=1).noisy, name="scan")
+    d = DenoiseWidget(viewer)
+    d._source.value = FILE
+    d._file.value = tmp_path / "run" / "denoiser.safetensors"
+    assert d._model is not None and "trained at 12.0 px/period" in d._model_label.value
+
+
+def test_cyclegan_from_folders_and_a_clear_error_for_an_empty_one(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    (tmp_path / "empty").mkdir()
+    for i in range(2):
+        write_tiff(tmp_path / "noisy" / f"n{i}.tif", simulate(size=96, period=12, dose=4, seed=i).noisy)
+    w._mode.value = CYCLEGAN
+    w._noisy_dir.value = tmp_path / "noisy"
+    w._clean_dir.value = tmp_path / "empty"
+    w._out.value = tmp_path / "run"
+    assert w.start() is None  # "the target folder ... holds no .tif files"
+    for i in range(2):
+        write_tiff(tmp_path / "clean" / f"c{i}.tif", simulate(size=96, period=12, dose=1000, seed=5 + i).clean)
+    w._clean_dir.value = tmp_path / "clean"
+    w._crop.value = 32
+    w._iters.value = 3
+    worker = w.start()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    assert (tmp_path / "run" / "latest_net_G_B.pth").exists()
+    assert set(w.plot.series) >= {"D_A", "G_A", "cycle_A"}
+
+
+def test_widget_is_in_the_plugins_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-emdenoise", "Train")
+    assert isinstance(widget, TrainWidget)
+
+
+def test_closing_napari_during_training_keeps_a_checkpoint(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w._mode.value = PAIRED_SIM
+    w._iters.value = 10_000
+    w._crop.value = 48
+    w._out.value = tmp_path / "run"
+    events = []
+    worker = w.start()
+    worker.yielded.connect(events.append)
+    qtbot.waitUntil(lambda: len(events) >= 2, timeout=60_000)
+    viewer.close()
+    qtbot.waitUntil(lambda: (tmp_path / "run" / "checkpoint.pt").exists(), timeout=60_000)
+    import torch
+
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["iteration"] >= 2
