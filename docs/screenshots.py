@@ -118,7 +118,31 @@ def targets() -> None:
     viewer.close()
 
 
-SHOTS = {"samples": samples, "denoise": denoise, "mask": mask, "targets": targets}
+def train() -> None:
+    import tempfile
+
+    from napari_emdenoise._widgets.train import PAIRED_SIM, TrainWidget
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1280, 800)
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Train", area="right")
+    widget._mode.value = PAIRED_SIM
+    widget._iters.value = 2000
+    widget._out.value = Path(tempfile.mkdtemp()) / "run"
+    events = []
+    worker = widget.start()
+    worker.yielded.connect(events.append)
+    _wait(lambda: len(events) >= 120, timeout_s=600)
+    widget.toggle_pause()
+    _settle(viewer)
+    viewer.screenshot(str(HERE / "train.png"), canvas_only=False)
+    widget.stop()
+    _wait(lambda: widget._worker is None, timeout_s=120)
+    viewer.close()
+
+
+SHOTS = {"samples": samples, "denoise": denoise, "mask": mask, "targets": targets, "train": train}
 
 if __name__ == "__main__":
     HERE.mkdir(parents=True, exist_ok=True)

@@ -282,7 +282,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
             "Simulate STEM ADF images of a crystal lattice with dents, shot noise and scan distortions. "
             "Writes OUT/noisy/sim_NNNN.tif, OUT/clean/sim_NNNN.tif (same geometry, no noise), "
             "OUT/dent/sim_NNNN.tif (dent map, 0..1), OUT/positions/sim_NNNN.csv (true column "
-            "positions, row and col in px) and OUT/simulate.json (all parameters and seeds)."
+            "positions, row and col in px) and OUT/simulate.json (all parameters and seeds); with "
+            "--prefix P the names are P_NNNN and the parameters go to OUT/P.json."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -309,6 +310,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drift", type=_pair, default=d.drift, help="linear drift 'dy,dx' in px over the frame")
     p.add_argument("--pixel-size", type=float, default=None, help="pixel size in nm written to the TIFFs")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i")
+    p.add_argument("--prefix", default="sim", help="file names are PREFIX_NNNN.tif (distinct prefixes let sets share a folder)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in OUT")
     p.set_defaults(func=_cmd_simulate)
 
@@ -319,8 +321,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UsageError("--n must be at least 1")
     out: Path = args.out
-    names = [f"sim_{i:04d}" for i in range(args.n)]
-    targets = [out / sub / f"{n}.tif" for n in names for sub in ("noisy", "clean", "dent")] + [out / "simulate.json"]
+    names = [f"{args.prefix}_{i:04d}" for i in range(args.n)]
+    meta_path = out / f"{args.prefix}.json" if args.prefix != "sim" else out / "simulate.json"
+    targets = [out / sub / f"{n}.tif" for n in names for sub in ("noisy", "clean", "dent")] + [meta_path]
     existing = [t for t in targets if t.exists()]
     if existing and not args.overwrite:
         raise UsageError(f"{len(existing)} output file(s) exist already (e.g. '{existing[0]}'); use --overwrite or another -o")
@@ -350,7 +353,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         "pixel_size_nm": args.pixel_size,
         "images": records,
     }
-    (out / "simulate.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     print(f"wrote {args.n} noisy/clean pairs to {out}")
     return 0
 

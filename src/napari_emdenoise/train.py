@@ -46,7 +46,7 @@ from .lattice import estimate_period, resample
 from .nets import GeneratorConfig, build_discriminator, build_generator, init_weights
 
 PRESETS = {
-    # CPU-friendly: 0.5 M-parameter generators, 64-px crops, batch 4
+    # CPU-friendly: 0.49 M-parameter generators (resnet_6blocks, ngf 16), 96-px crops, batch 4
     "small": dict(generator=GeneratorConfig("resnet_6blocks", ngf=16), ndf=32, crop=96, batch_size=4),
     # the reference CycleGAN's defaults, for a GPU
     "reference": dict(generator=GeneratorConfig("resnet_9blocks", ngf=64), ndf=64, crop=256, batch_size=1),

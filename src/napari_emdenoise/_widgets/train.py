@@ -207,8 +207,9 @@ class TrainWidget(Container):
 
     def toggle_pause(self) -> None:
         if self._worker is not None:
+            pausing = self._pause.text == "Pause"  # the worker pauses at its next iteration
             self._worker.toggle_pause()
-            self._pause.text = "Continue" if self._worker.is_paused else "Pause"
+            self._pause.text = "Continue" if pausing else "Pause"
 
     def stop(self, *_) -> None:
         """Stop after the current iteration; the training generator saves a checkpoint as it closes."""
