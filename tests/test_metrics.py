@@ -45,7 +45,7 @@ def test_scores_of_the_truth_noise_and_an_erased_dent(sim):
     erased = score(flat, sim.clean, sim.dent)
     assert erased.dent_error == pytest.approx(1.0, abs=0.1)
     blurred = score(ndimage.gaussian_filter(sim.clean, 6), sim.clean, sim.dent)
-    assert blurred.f1 < 0.5  # columns smeared away are lost
+    assert blurred.f1 < 0.9 and blurred.ssim < 0.5  # columns smeared together are lost
 
 
 def test_dent_contrast_is_the_relative_depth(sim):
