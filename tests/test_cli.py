@@ -86,7 +86,7 @@ def _subparsers(parser):
 def test_every_option_of_every_subcommand_is_described():
     parser = build_parser()
     subs = _subparsers(parser)
-    assert {"simulate", "info", "denoise", "mask", "synth", "train"} <= set(subs)
+    assert {"simulate", "info", "denoise", "mask", "synth", "train", "demo"} <= set(subs)
     for name, sub in subs.items():
         text = sub.format_help()
         for action in sub._actions:
@@ -98,7 +98,7 @@ def test_every_option_of_every_subcommand_is_described():
 
 
 def test_help_exits_cleanly(capsys):
-    for argv in (["--help"], *([c, "--help"] for c in ("simulate", "info", "denoise", "mask", "synth", "train"))):
+    for argv in (["--help"], *([c, "--help"] for c in ("simulate", "info", "denoise", "mask", "synth", "train", "demo"))):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 0
@@ -206,3 +206,15 @@ def test_train_explains_bad_folders(tmp_path, capsys):
     assert main(["train", "--noisy", str(tmp_path / "small.tif"), "--clean", str(tmp_path / "small.tif"),
                  "-o", str(tmp_path / "r"), "--period", "10"]) == 2
     assert "smaller than the crop" in capsys.readouterr().err
+
+
+def test_demo_writes_its_folder_with_scores(tmp_path, trained_model, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--model", str(trained_model), "--period", "12"]) == 0
+    out = tmp_path / "emdenoise-demo"
+    assert sorted(p.name for p in out.iterdir()) == ["demo.png", "input.tif", "output.tif", "scores.json", "truth.tif"]
+    report = json.loads((out / "scores.json").read_text())
+    assert report["output"]["psnr"] > report["input"]["psnr"] + 3
+    assert "demo written to" in capsys.readouterr().out
+    assert main(["demo", "--model", str(trained_model), "--period", "12"]) == 0  # a second run gets a new folder
+    assert (tmp_path / "emdenoise-demo-2" / "demo.png").exists()

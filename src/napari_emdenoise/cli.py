@@ -8,6 +8,7 @@ some files failed exits 1 after processing the rest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -272,6 +273,99 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- demo
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="simulate a noisy dented image, denoise it, and show the result with its scores",
+        description=(
+            "On a fresh install with no data: simulate a noisy 512x512 STEM ADF image with a dent, denoise it with "
+            "the bundled default model (or --model), and write input.tif, output.tif, truth.tif, scores.json and "
+            "demo.png (input, output and truth side by side with the scores) to a new folder, whose name it prints."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("-o", "--out", type=Path, default=None, help="output folder (default: a new ./emdenoise-demo[-N])")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint to use instead of the bundled default")
+    p.add_argument("--period", type=float, default=14.0, help="lattice period of the simulated image in px")
+    p.add_argument("--dose", type=float, default=4.0, help="mean electron counts per px")
+    p.add_argument("--seed", type=int, default=2026, help="seed of the simulated image")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _new_folder(base: Path) -> Path:
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _side_by_side(panels: list[tuple[str, np.ndarray]], path: Path) -> Path:
+    """A PNG of equally scaled crops with a caption over each."""
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for caption, img in panels:
+        lo, hi = np.percentile(img, [0.5, 99.5])
+        grey = (np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1) * 255).astype(np.uint8)
+        tile = Image.new("L", (grey.shape[1], grey.shape[0] + 22), 255)
+        tile.paste(Image.fromarray(grey), (0, 22))
+        ImageDraw.Draw(tile).text((4, 5), caption, fill=0)
+        tiles.append(tile)
+    gap = 6
+    out = Image.new("L", (sum(t.width for t in tiles) + gap * (len(tiles) - 1), tiles[0].height), 255)
+    x = 0
+    for t in tiles:
+        out.paste(t, (x, 0))
+        x += t.width + gap
+    out.save(path)
+    return path
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from .checkpoints import CheckpointError
+    from .inference import denoise, resolve_model
+    from .metrics import score
+
+    try:
+        net = resolve_model(args.model)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    out = args.out if args.out is not None else _new_folder(Path.cwd() / "emdenoise-demo")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"'{out}' is not empty; choose a new folder")
+    sim = simulate(size=(512, 512), period=args.period, dose=args.dose, dents=1, dent_depth=0.4, row_offset=0.3,
+                   seed=args.seed)
+    t0 = time.perf_counter()
+    with _notes() as caught:
+        result = denoise(sim.noisy, net, tile=512, overlap=64)
+    seconds = time.perf_counter() - t0
+    _print_notes(caught, "demo")
+    before = score(sim.noisy, sim.clean, sim.dent, args.period)
+    after = score(result, sim.clean, sim.dent, args.period)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, arr in (("input", sim.noisy), ("output", result), ("truth", sim.clean)):
+        write_tiff(out / f"{name}.tif", arr)
+    report = {"input": before.to_dict(), "output": after.to_dict(), "seconds": seconds,
+              "image": {"size": [512, 512], "period_px": args.period, "dose": args.dose, "seed": args.seed}}
+    (out / "scores.json").write_text(json.dumps(report, indent=2) + "\n")
+    crop = (slice(128, 384), slice(96, 352))
+    _side_by_side([
+        (f"noisy input: PSNR {before.psnr:.1f} dB, SSIM {before.ssim:.2f}", sim.noisy[crop]),
+        (f"denoised: PSNR {after.psnr:.1f} dB, SSIM {after.ssim:.2f}, F1 {after.f1:.3f}", result[crop]),
+        ("truth", sim.clean[crop]),
+    ], out / "demo.png")
+    print(f"demo written to {out}")
+    print(f"  input : PSNR {before.psnr:5.1f} dB  SSIM {before.ssim:.3f}  column F1 {before.f1:.3f}")
+    print(f"  output: PSNR {after.psnr:5.1f} dB  SSIM {after.ssim:.3f}  column F1 {after.f1:.3f}  "
+          f"position RMS {after.rms_px:.2f} px  dent error {after.dent_error:.3f}  ({seconds:.1f} s)")
+    print(f"  look at it: napari {out / 'input.tif'} {out / 'output.tif'} {out / 'truth.tif'}")
+    return 0
+
+
 # --------------------------------------------------------------------------- simulate
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
     d = SimParams()
@@ -449,6 +543,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- denoise
+@contextlib.contextmanager
+def _notes():
+    """Collect the core's DenoiseWarnings (rescaling, NaN pixels, memory) to print as one-line notes."""
+    import warnings
+
+    from .inference import DenoiseWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DenoiseWarning)
+        yield caught
+
+
+def _print_notes(caught, name: str) -> None:
+    from .inference import DenoiseWarning
+
+    for w in caught:
+        if issubclass(w.category, DenoiseWarning):
+            print(f"{name}: note: {w.message}", file=sys.stderr)
+
+
 def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "denoise",
@@ -479,12 +593,10 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
-    import warnings
-
     from tqdm import tqdm
 
     from .checkpoints import CheckpointError
-    from .inference import DenoiseWarning, iter_denoise, resolve_model
+    from .inference import iter_denoise, resolve_model
 
     if args.tile < 0 or (args.tile and args.overlap * 2 > args.tile) or args.overlap < 0:
         raise UsageError(f"--overlap must be between 0 and half of --tile ({args.tile}); got {args.overlap}")
@@ -499,8 +611,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
             if target.exists() and not args.overwrite:
                 raise FileExistsError(f"'{target}' exists; use --overwrite to replace it")
             img = read_tiff(path)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", DenoiseWarning)
+            with _notes() as caught:
                 gen = iter_denoise(
                     img.data, net, tile=args.tile or None, overlap=args.overlap, batch_size=args.batch_size,
                     device=args.device, period=args.period, rescale=not args.no_rescale, amp=not args.no_amp,
@@ -515,9 +626,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                         bar.total = event.total
                         bar.n = event.done
                         bar.refresh()
-            for w in caught:
-                if issubclass(w.category, DenoiseWarning):
-                    print(f"{path.name}: note: {w.message}", file=sys.stderr)
+            _print_notes(caught, path.name)
             write_tiff(target, result, pixel_size=img.pixel_size, dtype=args.dtype, overwrite=args.overwrite,
                        description={"source": str(path), "model": str(args.model or "bundled default")})
             print(f"{path.name} -> {target}")
@@ -538,6 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_demo(sub)
     _add_denoise(sub)
     _add_mask(sub)
     _add_synth(sub)
