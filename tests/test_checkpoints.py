@@ -7,8 +7,19 @@ import pytest
 import torch
 
 from napari_emdenoise import load_generator
-from napari_emdenoise.checkpoints import CheckpointError, ModelInfo, load_checkpoint, save_generator, save_reference
-from napari_emdenoise.nets import GeneratorConfig, build_discriminator, build_generator, init_weights
+from napari_emdenoise.checkpoints import (
+    CheckpointError,
+    ModelInfo,
+    load_checkpoint,
+    save_generator,
+    save_reference,
+)
+from napari_emdenoise.nets import (
+    GeneratorConfig,
+    build_discriminator,
+    build_generator,
+    init_weights,
+)
 
 SHARED = Path(os.environ.get("EMDENOISE_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 REFERENCE = SHARED / "reference"

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from napari_emdenoise import Cancelled, denoise, load_generator
-from napari_emdenoise.inference import DenoiseWarning, Progress, pick_device, plan_rescale
+from napari_emdenoise.inference import (
+    DenoiseWarning,
+    Progress,
+    pick_device,
+    plan_rescale,
+)
 from napari_emdenoise.nets import GeneratorConfig, build_generator, init_weights
 from napari_emdenoise.simulate import simulate
 from napari_emdenoise.tiling import tile_norms

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_emdenoise.metrics import align, dent_contrast, find_columns, match_columns, psnr, score
+from napari_emdenoise.metrics import (
+    align,
+    dent_contrast,
+    find_columns,
+    match_columns,
+    psnr,
+    score,
+)
 from napari_emdenoise.simulate import simulate
 
 

@@ -1,6 +1,4 @@
 import csv
-import json
-import os
 import subprocess
 import sys
 import textwrap

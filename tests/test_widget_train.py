@@ -1,6 +1,5 @@
 """The Train flow in a real viewer: start, progress events, Stop, a checkpoint the Denoise flow loads."""
 
-import numpy as np
 
 from napari_emdenoise._widgets.denoise import FILE, DenoiseWidget
 from napari_emdenoise._widgets.train import CYCLEGAN, PAIRED_SIM, TrainWidget

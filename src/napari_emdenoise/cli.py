@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .io import ImageFileError, read_tiff, write_tiff
+from .io import ImageFileError, is_tiff_path, list_tiffs, read_tiff, write_tiff
 from .simulate import LATTICES, SimParams, simulate
 
 
@@ -92,7 +92,7 @@ def _cmd_mask(args: argparse.Namespace) -> int:
 
     chosen = {k: getattr(args, k) for k in ("window", "threshold", "sigma", "variant", "radius") if getattr(args, k) is not None}
     params = replace(PRESETS[args.preset], **chosen)
-    single = args.out.suffix.lower() in (".tif", ".tiff")
+    single = is_tiff_path(args.out)
     if single and len(args.inputs) != 1:
         raise UsageError("-o is a .tif file but there are several inputs; give a folder")
     failed = 0
@@ -148,7 +148,7 @@ def _tiffs(paths: list[Path]) -> list[Path]:
     out = []
     for p in paths:
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in (".tif", ".tiff"))
+            found = list_tiffs(p)
             if not found:
                 raise UsageError(f"folder '{p}' holds no .tif files")
             out += found

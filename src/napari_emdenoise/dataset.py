@@ -26,7 +26,7 @@ from typing import Generator, Iterator
 
 import numpy as np
 
-from .io import read_tiff, write_tiff
+from .io import is_tiff_path, read_tiff, write_tiff
 from .lattice import estimate_period, resample
 from .masks import apply_mask
 
@@ -59,7 +59,7 @@ def parse_zoom(text: str) -> Zoom:
     if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*px", value):
         return Zoom(label, period=float(m.group(1)))
     path = Path(value)
-    if path.suffix.lower() in (".tif", ".tiff"):
+    if is_tiff_path(path):
         img = read_tiff(path).data
         est = estimate_period(img if img.ndim == 2 else img.reshape(-1, *img.shape[-2:])[0])
         if not est.found:

@@ -83,6 +83,12 @@ def is_tiff_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in TIFF_SUFFIXES
 
 
+def list_tiffs(folder: str | os.PathLike) -> list[Path]:
+    """The .tif/.tiff files directly in ``folder``, sorted by name (empty for a missing folder)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_tiff_path(p)) if folder.is_dir() else []
+
+
 def _unit_to_nm(unit: str | None) -> float | None:
     if not unit:
         return None

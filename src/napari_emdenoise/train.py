@@ -40,7 +40,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoints import FORMAT, ModelInfo, _atomic_write, save_generator, save_reference
+from .checkpoints import (
+    FORMAT,
+    ModelInfo,
+    _atomic_write,
+    save_generator,
+    save_reference,
+)
 from .inference import normalize, pick_device
 from .lattice import estimate_period, resample
 from .nets import GeneratorConfig, build_discriminator, build_generator, init_weights

@@ -9,8 +9,6 @@ progress bar and Cancel (the manifest then lists what was written).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import napari
 import numpy as np
 from magicgui.widgets import (
@@ -27,9 +25,16 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_error, show_info
 
-from ..dataset import DatasetError, TargetSpec, iter_build_targets, iter_targets, parse_zoom
-from ..io import ImageFileError, read_tiff
+from ..dataset import (
+    DatasetError,
+    TargetSpec,
+    iter_build_targets,
+    iter_targets,
+    parse_zoom,
+)
+from ..io import ImageFileError, list_tiffs, read_tiff
 from ..simulate import simulate
+from ._common import chosen_path
 from ._worker import ClosingWorker
 
 SIMULATED = "simulated lattice"
@@ -95,11 +100,9 @@ class DatasetWidget(Container):
             if isinstance(self._viewer.layers[name], napari.layers.Labels):
                 data = np.where(data > 0, 255.0, 0.0).astype(np.float32)
             masks[name] = data
-        folder = Path(self._mask_dir.value) if str(self._mask_dir.value) not in ("", ".") else None
-        if folder is not None and folder.is_dir():
-            for p in sorted(folder.iterdir()):
-                if p.suffix.lower() in (".tif", ".tiff"):
-                    masks[p.stem] = read_tiff(p).data.astype(np.float32)
+        folder = chosen_path(self._mask_dir.value)
+        for p in list_tiffs(folder) if folder is not None else []:
+            masks[p.stem] = read_tiff(p).data.astype(np.float32)
         zooms = [parse_zoom(z) for z in self._zooms.value.replace(";", ",").split(",") if z.strip()]
         spec = TargetSpec(zooms=zooms, per_mask=int(self._per_mask.value), rotate=int(self._rotate.value),
                           dent_depth=float(self._depth.value), seed=int(self._seed.value), lattice_period=period)
@@ -122,8 +125,8 @@ class DatasetWidget(Container):
         return [self._viewer.add_image(t.image, name=f"{PREVIEW}{t.filename}") for t in targets]
 
     def start(self):
-        out = str(self._out.value)
-        if out in ("", "."):
+        out = chosen_path(self._out.value)
+        if out is None:
             show_error("Choose an output folder first.")
             return None
         try:
@@ -132,7 +135,7 @@ class DatasetWidget(Container):
             show_error(str(exc))
             return None
 
-        self._worker = ClosingWorker(iter_build_targets, lattice, masks, spec, Path(out), noisy=noisy,
+        self._worker = ClosingWorker(iter_build_targets, lattice, masks, spec, out, noisy=noisy,
                                      overwrite=bool(self._overwrite.value))
         self._worker.yielded.connect(lambda step: self._set_progress(*step))
         self._worker.returned.connect(lambda _: show_info(f"Target set written to {out}"))

@@ -29,8 +29,15 @@ from napari.qt.threading import GeneratorWorker
 from napari.utils.notifications import show_error, show_info
 
 from ..checkpoints import CheckpointError, model_info
-from ..inference import DEFAULT_MODEL, Progress, available_devices, iter_denoise, resolve_model
+from ..inference import (
+    DEFAULT_MODEL,
+    Progress,
+    available_devices,
+    iter_denoise,
+    resolve_model,
+)
 from ..lattice import estimate_period
+from ._common import current_plane
 from ._worker import ClosingWorker
 
 BUNDLED = "bundled default"
@@ -111,17 +118,10 @@ class DenoiseWidget(Container):
         if layer is None:
             self._period_label.value = ""
             return
-        est = estimate_period(self._current_plane(layer))
+        est = estimate_period(current_plane(self._viewer, layer))
         self._period_label.value = (
             f"estimated {est.period:.2f} px" if est.found else "no clear lattice found: will not rescale"
         )
-
-    def _current_plane(self, layer) -> np.ndarray:
-        if layer.ndim == 2:
-            return np.asarray(layer.data)
-        index = layer.world_to_data(self._viewer.dims.point)[: layer.ndim - 2]
-        index = tuple(int(np.clip(round(i), 0, n - 1)) for i, n in zip(index, layer.data.shape))
-        return np.asarray(layer.data[index])
 
     # ------------------------------------------------------------------ running
     def start(self) -> GeneratorWorker | None:
@@ -135,7 +135,7 @@ class DenoiseWidget(Container):
             if self._model is None:
                 return None
         whole_stack = layer.ndim > 2 and self._stack.value
-        data = np.asarray(layer.data) if (layer.ndim == 2 or whole_stack) else self._current_plane(layer)
+        data = np.asarray(layer.data) if (layer.ndim == 2 or whole_stack) else current_plane(self._viewer, layer)
         ndim_out = data.ndim
         meta = {
             "name": f"{layer.name} denoised",

@@ -18,14 +18,33 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, Label, PushButton, Slider, create_widget
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    Label,
+    PushButton,
+    Slider,
+    create_widget,
+)
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QMessageBox
 
 from ..io import ImageFileError, write_tiff
-from ..masks import DEFAULT_RADIUS, PRESETS, VARIANTS, MaskError, MaskParams, dent_mask, mask_region, resolve_params
+from ..masks import (
+    DEFAULT_RADIUS,
+    PRESETS,
+    VARIANTS,
+    MaskError,
+    MaskParams,
+    dent_mask,
+    mask_region,
+    resolve_params,
+)
+from ._common import current_plane
 
 
 def ask(parent, question: str) -> bool:
@@ -90,7 +109,7 @@ class MaskWidget(Container):
         preset = PRESETS[self._preset.value]
         if layer is not None:
             try:
-                preset = resolve_params(self._plane(layer), replace(preset, variant=self._variant.value))
+                preset = resolve_params(current_plane(self._viewer, layer), replace(preset, variant=self._variant.value))
             except MaskError as exc:
                 self._status.value = str(exc)
         with self._quiet():
@@ -118,12 +137,6 @@ class MaskWidget(Container):
 
         return _Block()
 
-    def _plane(self, layer) -> np.ndarray:
-        if layer.ndim == 2:
-            return np.asarray(layer.data)
-        index = layer.world_to_data(self._viewer.dims.point)[: layer.ndim - 2]
-        return np.asarray(layer.data[tuple(int(round(i)) for i in index)])
-
     # ------------------------------------------------------------------ preview
     @property
     def idle(self) -> bool:
@@ -143,7 +156,7 @@ class MaskWidget(Container):
             return None
         self._busy, self._dirty = True, False
         params = self.params()
-        worker = create_worker(dent_mask, self._plane(layer), params, _start_thread=False)
+        worker = create_worker(dent_mask, current_plane(self._viewer, layer), params, _start_thread=False)
         worker.returned.connect(lambda mask: self._show_preview(layer, mask, params))
         worker.errored.connect(lambda exc: setattr(self._status, "value", str(exc)))
         worker.finished.connect(self._preview_done)

@@ -34,9 +34,10 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QApplication, QWidget
 
 from ..inference import available_devices
-from ..io import ImageFileError, read_tiff
+from ..io import ImageFileError, list_tiffs, read_tiff
 from ..simulate import simulate
 from ..train import PRESETS, TrainConfig, TrainEvent, TrainingError, train
+from ._common import chosen_path
 from ._worker import ClosingWorker
 
 CYCLEGAN = "CycleGAN: noisy -> target folder"
@@ -146,12 +147,8 @@ class TrainWidget(Container):
                 and layer.ndim == 2 and "preview" not in layer.name]
 
     # ------------------------------------------------------------------ inputs
-    @staticmethod
-    def _folder(value) -> Path | None:
-        return Path(value) if str(value) not in ("", ".") else None
-
     def _read_folder(self, folder: Path, what: str) -> tuple[list[np.ndarray], list[str]]:
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff")) if folder.is_dir() else []
+        files = list_tiffs(folder)
         if not files:
             raise TrainingError(f"the {what} folder '{folder}' holds no .tif files")
         return [read_tiff(p).data.astype(np.float32) for p in files], [p.name for p in files]
@@ -164,11 +161,11 @@ class TrainWidget(Container):
             return [s.noisy for s in sims], [s.clean for s in sims], None, None, "paired", p
         noisy = [np.asarray(self._viewer.layers[n].data, dtype=np.float32) for n in self._noisy_layers.value]
         names = list(self._noisy_layers.value)
-        folder = self._folder(self._noisy_dir.value)
+        folder = chosen_path(self._noisy_dir.value)
         if folder is not None:
             more, more_names = self._read_folder(folder, "noisy")
             noisy, names = noisy + more, names + more_names
-        clean_dir = self._folder(self._clean_dir.value)
+        clean_dir = chosen_path(self._clean_dir.value)
         if clean_dir is None:
             raise TrainingError("choose the target folder (trainB of a target set) for CycleGAN training")
         clean, clean_names = self._read_folder(clean_dir, "target")
@@ -176,7 +173,7 @@ class TrainWidget(Container):
 
     # ------------------------------------------------------------------ running
     def start(self):
-        out = self._folder(self._out.value)
+        out = chosen_path(self._out.value)
         if out is None:
             show_error("Choose an output folder for the run first.")
             return None
