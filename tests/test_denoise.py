@@ -202,3 +202,15 @@ def test_one_tile_that_does_not_fit_is_explained(trained_model):
     net.forward = no_memory
     with pytest.raises(MemoryError, match="smaller tile size"):
         denoise(simulate(size=64, period=12, seed=0).noisy, net, tile=None, batch_size=1)
+
+
+def test_the_bundled_default_model_is_used_when_none_is_given():
+    from napari_emdenoise.inference import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL.is_file() and DEFAULT_MODEL.stat().st_size < 5 * 2**20
+    sim = simulate(size=(256, 256), period=14, dose=4, dents=1, seed=21)
+    with pytest.warns(DenoiseWarning, match="resampled"):
+        out = denoise(sim.noisy)
+    assert _psnr(out, sim.clean) > _psnr(sim.noisy, sim.clean) + 5
+    info = load_generator(DEFAULT_MODEL).emdenoise_info
+    assert info.period and info.description.startswith("paired training")

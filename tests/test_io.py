@@ -143,3 +143,15 @@ def test_full_disk_keeps_the_old_file_and_leaves_no_partial(tmp_path, monkeypatc
         write_tiff(path, np.zeros((4, 4)), overwrite=True)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.tif"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = write_tiff(tmp_path / "perm.tif", np.ones((4, 4)))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -95,3 +95,11 @@ def test_widget_is_in_the_plugins_menu(make_napari_viewer):
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget("napari-emdenoise", "Denoise")
     assert isinstance(widget, DenoiseWidget)
+
+
+def test_bundled_default_is_offered_first(make_napari_viewer):
+    from napari_emdenoise._widgets.denoise import BUNDLED
+
+    w = DenoiseWidget(make_napari_viewer())
+    assert w._source.value == BUNDLED and w._model is not None
+    assert "ngf 16" in w._model_label.value

@@ -19,7 +19,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .io import atomic_write
 from .nets import GeneratorConfig, build_generator
 
 FORMAT = "napari-emdenoise"
@@ -258,33 +258,18 @@ def model_info(net: nn.Module) -> ModelInfo:
 
 
 # --------------------------------------------------------------------------- writing
-def _atomic_write(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_generator(path: str | os.PathLike, net: nn.Module, info: ModelInfo) -> Path:
     """Write our .safetensors format (atomically: the old file survives a failed write)."""
     from safetensors.torch import save_file
 
     sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    return _atomic_write(Path(path), lambda tmp: save_file(sd, tmp, metadata=info.to_metadata()))
+    return atomic_write(Path(path), lambda tmp: save_file(sd, tmp, metadata=info.to_metadata()))
 
 
 def save_reference(path: str | os.PathLike, net: nn.Module) -> Path:
     """Write a plain CPU state dict as the reference code's ``save_networks`` does."""
     sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    return _atomic_write(Path(path), lambda tmp: torch.save(sd, tmp))
+    return atomic_write(Path(path), lambda tmp: torch.save(sd, tmp))
 
 
 def describe(info: ModelInfo) -> dict[str, Any]:

@@ -312,15 +312,31 @@ def write_tiff(
             kwargs["description"] = json.dumps(info, sort_keys=True)
     if kwargs.get("metadata") and kwargs["metadata"].get("axes") is None:
         kwargs["metadata"].pop("axes")
+    try:
+        atomic_write(path, lambda tmp: tifffile.imwrite(tmp, arr, **kwargs))
+    except OSError as exc:
+        raise ImageFileError(f"Could not write '{path}': {exc.strerror or exc}. Nothing was changed there.") from exc
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    A failure or an interruption (full disk, killed process) leaves whatever was at ``path``
+    untouched; the new file gets the usual permissions (not mkstemp's owner-only ones).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        tifffile.imwrite(tmp, arr, **kwargs)
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ImageFileError(f"Could not write '{path}': {exc.strerror or exc}. Nothing was changed there.") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

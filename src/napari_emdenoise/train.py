@@ -43,11 +43,11 @@ from torch import nn
 from .checkpoints import (
     FORMAT,
     ModelInfo,
-    _atomic_write,
     save_generator,
     save_reference,
 )
 from .inference import normalize, pick_device
+from .io import atomic_write
 from .lattice import estimate_period, resample
 from .nets import GeneratorConfig, build_discriminator, build_generator, init_weights
 
@@ -342,7 +342,7 @@ def _check_writable(run_dir: Path) -> None:
 
 def save_run(run_dir: Path, model: _Model, iteration: int, rng: np.random.Generator, info: ModelInfo) -> Path:
     """Full state (atomic), reference-named networks and our .safetensors denoiser."""
-    state_path = _atomic_write(run_dir / STATE, lambda tmp: torch.save(model.state(iteration, rng), tmp))
+    state_path = atomic_write(run_dir / STATE, lambda tmp: torch.save(model.state(iteration, rng), tmp))
     for name, net in model.nets.items():
         save_reference(run_dir / f"latest_net_{name}.pth", net)
     save_generator(run_dir / "denoiser.safetensors", model.nets["G_A"],
