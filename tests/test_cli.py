@@ -1,3 +1,4 @@
+import csv
 import hashlib
 import json
 
@@ -86,7 +87,7 @@ def _subparsers(parser):
 def test_every_option_of_every_subcommand_is_described():
     parser = build_parser()
     subs = _subparsers(parser)
-    assert {"simulate", "info", "denoise", "mask", "synth", "train", "demo"} <= set(subs)
+    assert {"simulate", "info", "denoise", "mask", "synth", "train", "demo", "bench"} <= set(subs)
     for name, sub in subs.items():
         text = sub.format_help()
         for action in sub._actions:
@@ -98,7 +99,7 @@ def test_every_option_of_every_subcommand_is_described():
 
 
 def test_help_exits_cleanly(capsys):
-    for argv in (["--help"], *([c, "--help"] for c in ("simulate", "info", "denoise", "mask", "synth", "train", "demo"))):
+    for argv in (["--help"], *([c, "--help"] for c in ("simulate", "info", "denoise", "mask", "synth", "train", "demo", "bench"))):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 0
@@ -218,3 +219,16 @@ def test_demo_writes_its_folder_with_scores(tmp_path, trained_model, capsys, mon
     assert "demo written to" in capsys.readouterr().out
     assert main(["demo", "--model", str(trained_model), "--period", "12"]) == 0  # a second run gets a new folder
     assert (tmp_path / "emdenoise-demo-2" / "demo.png").exists()
+
+
+def test_bench_quick_scores_every_method(tmp_path, trained_model, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--quick", "-o", str(out), "--extra", str(trained_model)]) == 0
+    printed = capsys.readouterr().out
+    with open(out / "summary.csv") as fh:
+        summary = {r["method"]: r for r in csv.DictReader(fh)}
+    assert {"noisy", "gaussian", "nlm", "fourier", "model", "denoiser"} <= set(summary)
+    assert float(summary["model"]["psnr"]) > float(summary["gaussian"]["psnr"])  # the bundled model beats the filter
+    with open(out / "bench.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 4 * len(summary)
+    assert (out / "bench.png").exists() and "| model |" in printed

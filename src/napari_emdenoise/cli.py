@@ -301,31 +301,10 @@ def _new_folder(base: Path) -> Path:
     return path
 
 
-def _side_by_side(panels: list[tuple[str, np.ndarray]], path: Path) -> Path:
-    """A PNG of equally scaled crops with a caption over each."""
-    from PIL import Image, ImageDraw
-
-    tiles = []
-    for caption, img in panels:
-        lo, hi = np.percentile(img, [0.5, 99.5])
-        grey = (np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1) * 255).astype(np.uint8)
-        tile = Image.new("L", (grey.shape[1], grey.shape[0] + 22), 255)
-        tile.paste(Image.fromarray(grey), (0, 22))
-        ImageDraw.Draw(tile).text((4, 5), caption, fill=0)
-        tiles.append(tile)
-    gap = 6
-    out = Image.new("L", (sum(t.width for t in tiles) + gap * (len(tiles) - 1), tiles[0].height), 255)
-    x = 0
-    for t in tiles:
-        out.paste(t, (x, 0))
-        x += t.width + gap
-    out.save(path)
-    return path
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
+    from .bench import side_by_side
     from .checkpoints import CheckpointError
     from .inference import denoise, resolve_model
     from .metrics import score
@@ -353,7 +332,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               "image": {"size": [512, 512], "period_px": args.period, "dose": args.dose, "seed": args.seed}}
     (out / "scores.json").write_text(json.dumps(report, indent=2) + "\n")
     crop = (slice(128, 384), slice(96, 352))
-    _side_by_side([
+    side_by_side([
         (f"noisy input: PSNR {before.psnr:.1f} dB, SSIM {before.ssim:.2f}", sim.noisy[crop]),
         (f"denoised: PSNR {after.psnr:.1f} dB, SSIM {after.ssim:.2f}, F1 {after.f1:.3f}", result[crop]),
         ("truth", sim.clean[crop]),
@@ -363,6 +342,55 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"  output: PSNR {after.psnr:5.1f} dB  SSIM {after.ssim:.3f}  column F1 {after.f1:.3f}  "
           f"position RMS {after.rms_px:.2f} px  dent error {after.dent_error:.3f}  ({seconds:.1f} s)")
     print(f"  look at it: napari {out / 'input.tif'} {out / 'output.tif'} {out / 'truth.tif'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- bench
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="score the default model against classical denoisers on a simulated suite",
+        description=(
+            "Denoise a fixed simulated suite (12 images of 384x384 px; --quick: 4 of 256x256) with the noisy input, "
+            "a best-sigma Gaussian filter, non-local means, BM3D (if the bm3d package is installed), Fourier "
+            "(Bragg) filtering, the bundled model and any --extra checkpoints; print a table and write "
+            "OUT/bench.csv, OUT/summary.csv and OUT/bench.png (crops of input, truth and each method)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("-o", "--out", type=Path, default=None, help="output folder (default: a new ./emdenoise-bench[-N])")
+    p.add_argument("--quick", action="store_true", help="4 small images instead of 12")
+    p.add_argument("--extra", nargs="*", type=Path, default=[], help="more checkpoints to score (named by file)")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import available_methods, run_bench, side_by_side, summary, write_csv
+
+    out = args.out if args.out is not None else _new_folder(Path.cwd() / "emdenoise-bench")
+    if "bm3d" not in available_methods():
+        print("note: BM3D is skipped: pip install bm3d to include it", file=sys.stderr)
+    try:
+        rows, figure = run_bench(args.quick, {p.stem: p for p in args.extra})
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "bench.csv")
+    summ = summary(rows)
+    write_csv(summ, out / "summary.csv")
+    print("| method | mean PSNR dB | mean SSIM | min column F1 | max dent error | s per image |")
+    print("|---|---|---|---|---|---|")
+    for r in summ:
+        dent = "-" if r["dent_error_max"] is None else f"{r['dent_error_max']:.3f}"
+        print(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['f1_min']:.3f} | {dent} | {r['seconds']:.2f} |")
+    if figure is not None:
+        sim, outputs = figure
+        h, w = sim.noisy.shape
+        crop = (slice(h // 4, h // 4 + 128), slice(w // 4, w // 4 + 128))
+        panels = [("input", sim.noisy[crop]), ("truth", sim.clean[crop])]
+        panels += [(m, np.asarray(o)[crop]) for m, o in outputs.items() if m != "noisy"]
+        side_by_side(panels, out / "bench.png")
+    print(f"written to {out}")
     return 0
 
 
@@ -648,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo(sub)
+    _add_bench(sub)
     _add_denoise(sub)
     _add_mask(sub)
     _add_synth(sub)
