@@ -623,6 +623,7 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
 def _cmd_denoise(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ._drive import drive
     from .checkpoints import CheckpointError
     from .inference import iter_denoise, resolve_model
 
@@ -645,15 +646,12 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                     device=args.device, period=args.period, rescale=not args.no_rescale, amp=not args.no_amp,
                 )
                 with tqdm(desc=path.name, unit="tile", disable=None, leave=False) as bar:
-                    while True:
-                        try:
-                            event = next(gen)
-                        except StopIteration as stop:
-                            result = stop.value
-                            break
-                        bar.total = event.total
-                        bar.n = event.done
+
+                    def show(event):
+                        bar.total, bar.n = event.total, event.done
                         bar.refresh()
+
+                    result = drive(gen, show)
             _print_notes(caught, path.name)
             write_tiff(target, result, pixel_size=img.pixel_size, dtype=args.dtype, overwrite=args.overwrite,
                        description={"source": str(path), "model": str(args.model or "bundled default")})

@@ -26,6 +26,7 @@ from typing import Generator, Iterator
 
 import numpy as np
 
+from ._drive import drive
 from .io import is_tiff_path, read_tiff, write_tiff
 from .lattice import estimate_period, resample
 from .masks import apply_mask
@@ -233,10 +234,4 @@ def build_targets(
 ) -> list[Path]:
     """Write the target set (see :func:`iter_build_targets`); ``progress(written, total)`` per target."""
     gen = iter_build_targets(lattice, masks, spec, out, noisy=noisy, overwrite=overwrite)
-    while True:
-        try:
-            n, total = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(n, total)
+    return drive(gen, (lambda step: progress(*step)) if progress is not None else None)

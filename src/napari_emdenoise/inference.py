@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import tiling
+from ._drive import Stopped, drive
 from .checkpoints import ModelInfo, load_generator, model_info
 from .lattice import estimate_period, resample
 
@@ -349,16 +350,9 @@ def denoise(
     (a callable or ``threading.Event``) stops the run within one batch by raising
     :class:`Cancelled`. ``amp`` uses float16 autocast on CUDA (ignored elsewhere).
     """
-    should_stop = _as_cancel(cancel)
-    gen = iter_denoise(image, model, tile=tile, overlap=overlap, batch_size=batch_size, device=device, period=period, rescale=rescale, amp=amp)
-    while True:
-        if should_stop():
-            gen.close()
-            raise Cancelled("denoising was cancelled")
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
-
+    gen = iter_denoise(image, model, tile=tile, overlap=overlap, batch_size=batch_size, device=device, period=period,
+                       rescale=rescale, amp=amp)
+    try:
+        return drive(gen, progress, _as_cancel(cancel))
+    except Stopped:
+        raise Cancelled("denoising was cancelled") from None

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._drive import drive
 from .checkpoints import (
     FORMAT,
     ModelInfo,
@@ -502,8 +503,4 @@ def _plot_losses(run_dir: Path) -> Path | None:
 
 def run(gen: Generator):
     """Drive a training generator to its end and return what it returns."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drive(gen)
