@@ -20,9 +20,8 @@ import os
 import pickle
 import re
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -218,16 +217,16 @@ def load_checkpoint(path: str | os.PathLike, config: GeneratorConfig | None = No
         raise CheckpointError(
             f"'{path.name}' is not a checkpoint: expected a PyTorch .pth state dict or a .safetensors model."
         )
+    meta: dict[str, str] = {}
     if kind == "torch":
-        sd = _drop_instance_norm_stats(_strip_prefixes(_read_reference(path)))
+        sd, description = _read_reference(path), f"reference CycleGAN generator from {path.name}"
+    else:
+        sd, meta = _read_ours(path)
+        description = f"generator from {path.name}"
+    if meta.get("format") != FORMAT:  # a plain state dict: clean it, infer the architecture
+        sd = _drop_instance_norm_stats(_strip_prefixes(sd))
         cfg = config or infer_config(sd, str(path))
-        info = ModelInfo(config=cfg, source=str(path), description=f"reference CycleGAN generator from {path.name}")
-        return _build_and_load(sd, cfg, path.name), info
-    sd, meta = _read_ours(path)
-    if meta.get("format") != FORMAT:
-        cfg = config or infer_config(_drop_instance_norm_stats(_strip_prefixes(sd)), str(path))
-        info = ModelInfo(config=cfg, source=str(path), description=f"generator from {path.name}")
-        return _build_and_load(_drop_instance_norm_stats(_strip_prefixes(sd)), cfg, path.name), info
+        return _build_and_load(sd, cfg, path.name), ModelInfo(config=cfg, source=str(path), description=description)
     try:
         cfg = GeneratorConfig(**json.loads(meta["config"]))
         norm = json.loads(meta.get("normalization", "{}"))
@@ -270,9 +269,3 @@ def save_reference(path: str | os.PathLike, net: nn.Module) -> Path:
     """Write a plain CPU state dict as the reference code's ``save_networks`` does."""
     sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return atomic_write(Path(path), lambda tmp: torch.save(sd, tmp))
-
-
-def describe(info: ModelInfo) -> dict[str, Any]:
-    d = asdict(info)
-    d["config"] = info.config.to_dict()
-    return d

@@ -27,7 +27,7 @@ from typing import Generator, Iterator
 import numpy as np
 
 from ._drive import drive
-from .io import is_tiff_path, read_tiff, write_tiff
+from .io import is_tiff_path, read_tiff, safe_stem, write_tiff
 from .lattice import estimate_period, resample
 from .masks import apply_mask
 
@@ -94,11 +94,7 @@ class Target:
 
     @property
     def filename(self) -> str:
-        return f"{_safe(self.zoom)}_{_safe(self.mask_name)}_{self.index:03d}.tif"
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^\w.+-]+", "_", name).strip("._") or "x"
+        return f"{safe_stem(self.zoom)}_{safe_stem(self.mask_name)}_{self.index:03d}.tif"
 
 
 def rotate_clockwise(image: np.ndarray, degrees: int) -> np.ndarray:
@@ -191,7 +187,7 @@ def iter_build_targets(
     first = next(targets, None)
     try:
         for name, img in (noisy or {}).items():
-            path = write_tiff(out / "trainA" / f"{_safe(name)}.tif", img, overwrite=True)
+            path = write_tiff(out / "trainA" / f"{safe_stem(name)}.tif", img, overwrite=True)
             written.append(path)
             rows.append({"file": f"trainA/{path.name}", **dict.fromkeys(_TARGET_FIELDS, "")})
         for n, t in enumerate(_chain(first, targets), start=1):
