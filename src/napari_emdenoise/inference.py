@@ -53,22 +53,27 @@ class Plan:
     model_period: float | None
     scale: float  # resampling factor applied to the image (1: none)
     note: str
+    notify: bool = False  # the user should be told (resampled, or could not be)
 
 
 # --------------------------------------------------------------------------- pieces
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
 def pick_device(device: str = "auto") -> torch.device:
     """'auto' picks CUDA, then Apple MPS, then CPU; a named device must exist."""
     if device in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if dev.type == "mps" and not _mps_available():
         raise ValueError("device 'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
     return dev
 
@@ -77,7 +82,7 @@ def available_devices() -> list[str]:
     devs = ["auto", "cpu"]
     if torch.cuda.is_available():
         devs.insert(1, "cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available():
         devs.insert(1, "mps")
     return devs
 
@@ -122,14 +127,16 @@ def plan_rescale(image: np.ndarray, info: ModelInfo, period: float | None = None
     if period is None:
         est = estimate_period(image)
         if not est.found:
-            return Plan(None, info.period, 1.0, "no clear lattice found in the image: not rescaled")
+            return Plan(None, info.period, 1.0, "no clear lattice found in the image: not rescaled", notify=True)
         period = est.period
     if info.period is None:
-        return Plan(period, None, 1.0, f"image period {period:.2f} px; the model does not record its training period: not rescaled")
+        return Plan(period, None, 1.0, f"image period {period:.2f} px; the model does not record its training period: not rescaled",
+                    notify=True)
     scale = info.period / period
     if abs(scale - 1.0) < RESCALE_TOLERANCE:
         return Plan(period, info.period, 1.0, f"image period {period:.2f} px matches the model's {info.period:.2f} px")
-    return Plan(period, info.period, scale, f"image period {period:.2f} px resampled x{scale:.3f} to the model's {info.period:.2f} px")
+    return Plan(period, info.period, scale, f"image period {period:.2f} px resampled x{scale:.3f} to the model's {info.period:.2f} px",
+                notify=True)
 
 
 def _full_res_channels(net: nn.Module) -> int:
@@ -168,15 +175,14 @@ def _is_oom(exc: BaseException) -> bool:
 
 # --------------------------------------------------------------------------- the tiled pass
 def _tiled_pass(
-    net: nn.Module, x: np.ndarray, tile: int | None, overlap: int, batch_size: int, device: torch.device,
+    net: nn.Module, x: np.ndarray, tiles: list[tiling.Tile], batch_size: int, device: torch.device,
     amp: bool, progress_offset: int, progress_total: int,
 ) -> Generator[Progress, None, np.ndarray]:
-    """Denoise one normalised 2D array; yields progress (in tiles) per batch; returns the blend."""
+    """Denoise one normalised 2D array with the tiles :func:`_plan` made for its shape; yields
+    progress (in tiles) per batch; returns the blend."""
     h, w = x.shape
-    multiple = tiling.size_multiple(net)
     # pad as a whole-image pass would, so that every tile sits on the network's sampling grid
-    x = tiling.pad_to_multiple(torch.from_numpy(x)[None, None], multiple)[0][0, 0].numpy()
-    tiles = _plan(x.shape, tile, overlap, multiple)
+    x = tiling.pad_to_multiple(torch.from_numpy(x)[None, None], tiling.size_multiple(net))[0][0, 0].numpy()
     in_c, _ = _channels(net)
     th = tiles[0].rows.stop - tiles[0].rows.start
     tw = tiles[0].cols.stop - tiles[0].cols.start
@@ -277,37 +283,36 @@ def iter_denoise(
         bad = 0 if finite is None else int(plane.size - finite.sum())
         if bad == plane.size:
             raise ValueError("the image has no finite pixels (all NaN or Inf)")
-        plan = plan_rescale(np.where(finite, plane, np.nanmedian(plane[finite])) if bad else plane, info, period, rescale)
-        plans.append(plan)
-        prepared.append((finite if bad else None, bad))
+        fill = float(np.median(plane[finite])) if bad else 0.0
+        plans.append(plan_rescale(np.where(finite, plane, fill) if bad else plane, info, period, rescale))
+        prepared.append((finite if bad else None, bad, fill))
     bs = batch_size
     shapes = [
         (max(8, round(p.shape[0] * pl.scale)), max(8, round(p.shape[1] * pl.scale))) for p, pl in zip(planes, plans)
     ]
     align = tiling.size_multiple(net)
-    total = sum(len(_plan(s, tile, overlap, align)) for s in shapes)
+    tile_plans = [_plan(s, tile, overlap, align) for s in shapes]
+    total = sum(len(t) for t in tile_plans)
     if bs is None:
-        first = _plan(shapes[0], tile, overlap, align)[0]
+        first = tile_plans[0][0]
         bs = _auto_batch(net, (first.rows.stop - first.rows.start) * (first.cols.stop - first.cols.start), dev, total)
-    notes = sorted({pl.note for pl in plans})
-    for note in notes:
-        if "not rescaled" in note or "resampled" in note:
-            warnings.warn(note, DenoiseWarning, stacklevel=2)
+    for note in sorted({pl.note for pl in plans if pl.notify}):
+        warnings.warn(note, DenoiseWarning, stacklevel=2)
     done = 0
     yield Progress(0, total, "start")
     for k, plane in enumerate(planes):
-        finite, bad = prepared[k]
+        finite, bad, fill = prepared[k]
         if bad:
             warnings.warn(
                 f"{bad} NaN/Inf pixel(s) were replaced by the median for denoising and are NaN in the output",
                 DenoiseWarning, stacklevel=2,
             )
-            plane = np.where(finite, plane, np.median(plane[finite]))
+            plane = np.where(finite, plane, fill)
         x, lo, hi = normalize(plane, info.norm_low, info.norm_high)
         if plans[k].scale != 1.0:
             x = resample(x, shapes[k])
-        y = yield from _tiled_pass(net, x, tile, overlap, bs, dev, amp, done, total)
-        done += len(_plan(shapes[k], tile, overlap, align))
+        y = yield from _tiled_pass(net, x, tile_plans[k], bs, dev, amp, done, total)
+        done += len(tile_plans[k])
         if y.shape != plane.shape:
             y = resample(y, plane.shape)
         y = denormalize(y, lo, hi)
