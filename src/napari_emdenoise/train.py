@@ -124,8 +124,11 @@ class _Domain:
 
 
 def _prepare(images: Sequence[np.ndarray], names: Sequence[str], period: float | None, cfg: TrainConfig,
-             partners: Sequence[np.ndarray] | None = None) -> tuple[_Domain, _Domain | None]:
-    """Normalise, resample to ``period``; paired partners get the noisy image's mapping and factor."""
+             partners: Sequence[np.ndarray] | None = None,
+             periods: Sequence[float | None] | None = None) -> tuple[_Domain, _Domain | None]:
+    """Normalise, resample to ``period``; paired partners get the noisy image's mapping and factor.
+
+    ``periods``: each image's own period when already estimated (None: none found)."""
     out, out_p = [], []
     for i, img in enumerate(images):
         img = np.asarray(img)
@@ -136,8 +139,8 @@ def _prepare(images: Sequence[np.ndarray], names: Sequence[str], period: float |
         x, lo, hi = normalize(img, cfg.norm_low, cfg.norm_high)
         factor = 1.0
         if period is not None:
-            est = estimate_period(img)
-            factor = period / est.period if est.found else 1.0
+            own = periods[i] if periods is not None else estimate_period(img).period
+            factor = period / own if own else 1.0
         shape = (round(img.shape[0] * factor), round(img.shape[1] * factor))
         if min(shape) < cfg.crop:
             raise TrainingError(
@@ -385,15 +388,16 @@ def train(
         raise TrainingError("no clean target images to train on")
     if cfg.mode == "paired" and len(noisy) != len(clean):
         raise TrainingError(f"paired mode needs as many clean as noisy images (got {len(clean)} and {len(noisy)})")
+    noisy_periods = [estimate_period(np.asarray(n, dtype=np.float32)).period if np.ndim(n) == 2 else None for n in noisy]
     period = cfg.period
     if period is None:
-        found = [p for p in (estimate_period(np.asarray(n, dtype=np.float32)).period for n in noisy if np.ndim(n) == 2) if p]
+        found = [p for p in noisy_periods if p]
         period = float(np.median(found)) if found else None
         cfg = replace(cfg, period=period)
     if cfg.mode == "paired":
-        dom_a, dom_b = _prepare(noisy, noisy_names, period, cfg, partners=clean)
+        dom_a, dom_b = _prepare(noisy, noisy_names, period, cfg, partners=clean, periods=noisy_periods)
     else:
-        dom_a, _ = _prepare(noisy, noisy_names, period, cfg)
+        dom_a, _ = _prepare(noisy, noisy_names, period, cfg, periods=noisy_periods)
         dom_b, _ = _prepare(clean, clean_names, period, cfg)
     _check_writable(run_dir)
     for stale in run_dir.glob(".*.part"):  # half-written files of a run that died mid-write
