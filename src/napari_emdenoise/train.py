@@ -471,6 +471,28 @@ def train(
     return run_dir / "denoiser.safetensors"
 
 
+LOSS_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def loss_curves(series: dict[str, Sequence[float]], width: float, height: float, pad: float) -> dict[str, tuple]:
+    """Pixel coordinates (xs, ys) of each loss curve in a width x height plot: each series is
+    smoothed over 1% of its length and all share one scale (their 99th percentile at the top)."""
+    filled = {k: np.asarray(v, dtype=np.float64) for k, v in series.items() if len(v)}
+    if not filled:
+        return {}
+    top = max(float(np.percentile(v, 99)) for v in filled.values()) or 1.0
+    curves = {}
+    for name, v in filled.items():
+        win = max(1, len(v) // 100)
+        v = np.convolve(v, np.ones(win) / win, mode="valid")
+        if len(v) < 2:
+            continue
+        xs = pad + np.arange(len(v)) / (len(v) - 1) * (width - 2 * pad)
+        ys = height - pad - np.clip(v / top, 0, 1) * (height - 2 * pad)
+        curves[name] = (xs, ys)
+    return curves
+
+
 def _plot_losses(run_dir: Path) -> Path | None:
     """loss.png beside the CSV: each loss (smoothed) against the iteration, drawn without matplotlib."""
     path = run_dir / LOG
@@ -484,24 +506,17 @@ def _plot_losses(run_dir: Path) -> Path | None:
     from skimage.io import imsave
 
     keys = [k for k in rows[0] if k not in ("iteration", "lr")]
-    h, w, pad = 300, 600, 20
+    h, w = 300, 600
     img = np.full((h, w, 3), 255, np.uint8)
-    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-              (227, 119, 194), (127, 127, 127)]
-    its = np.array([float(r["iteration"]) for r in rows])
-    series = {k: np.array([float(r[k]) for r in rows]) for k in keys}
-    top = max(float(np.percentile(v, 99)) for v in series.values()) or 1.0
-    for i, (k, v) in enumerate(series.items()):
-        win = max(1, len(v) // 100)
-        v = np.convolve(v, np.ones(win) / win, mode="valid")
-        x = pad + (its[: len(v)] - its[0]) / max(its[-1] - its[0], 1) * (w - 2 * pad)
-        y = h - pad - np.clip(v / top, 0, 1) * (h - 2 * pad)
-        for j in range(len(v) - 1):
-            rr, cc = line(int(y[j]), int(x[j]), int(y[j + 1]), int(x[j + 1]))
-            img[rr, cc] = colors[i % len(colors)]
+    rgb = [tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in LOSS_COLORS]
+    curves = loss_curves({k: [float(r[k]) for r in rows] for k in keys}, w, h, 20)
+    for i, (xs, ys) in enumerate(curves.values()):
+        for j in range(len(xs) - 1):
+            rr, cc = line(int(ys[j]), int(xs[j]), int(ys[j + 1]), int(xs[j + 1]))
+            img[rr, cc] = rgb[i % len(rgb)]
     out = run_dir / "loss.png"
     imsave(out, img, check_contrast=False)
-    (run_dir / "loss_legend.json").write_text(json.dumps({k: colors[i % len(colors)] for i, k in enumerate(keys)}) + "\n")
+    (run_dir / "loss_legend.json").write_text(json.dumps({k: rgb[i % len(rgb)] for i, k in enumerate(keys)}) + "\n")
     return out
 
 

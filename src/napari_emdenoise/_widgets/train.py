@@ -29,20 +29,27 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import GeneratorWorker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QPointF, Qt
+from qtpy.QtCore import QPointF
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QApplication, QWidget
 
 from ..inference import available_devices
 from ..io import ImageFileError, list_tiffs, read_tiff
 from ..simulate import simulate
-from ..train import PRESETS, TrainConfig, TrainEvent, TrainingError, train
+from ..train import (
+    LOSS_COLORS,
+    PRESETS,
+    TrainConfig,
+    TrainEvent,
+    TrainingError,
+    loss_curves,
+    train,
+)
 from ._common import chosen_path
 from ._worker import ClosingWorker
 
 CYCLEGAN = "CycleGAN: noisy -> target folder"
 PAIRED_SIM = "paired: simulated pairs"
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
 def _shutdown(holder: dict, detach: bool = False, wait: bool = False) -> None:
@@ -86,20 +93,11 @@ class LossPlot(QWidget):
         p.fillRect(self.rect(), QColor("#262930"))
         if not self.series:
             return
-        w, h, pad = self.width(), self.height(), 6
-        top = max(float(np.percentile(v, 99)) for v in self.series.values() if v) or 1.0
-        for i, (name, values) in enumerate(self.series.items()):
-            v = np.asarray(values)
-            win = max(1, len(v) // 100)
-            v = np.convolve(v, np.ones(win) / win, mode="valid")
-            if len(v) < 2:
-                continue
-            xs = pad + np.arange(len(v)) / (len(v) - 1) * (w - 2 * pad)
-            ys = h - pad - np.clip(v / top, 0, 1) * (h - 2 * pad)
-            p.setPen(QPen(QColor(COLORS[i % len(COLORS)]), 1.5))
+        pad = 6
+        for i, (name, (xs, ys)) in enumerate(loss_curves(self.series, self.width(), self.height(), pad).items()):
+            p.setPen(QPen(QColor(LOSS_COLORS[i % len(LOSS_COLORS)]), 1.5))
             p.drawPolyline(QPolygonF([QPointF(x, y) for x, y in zip(xs, ys)]))
             p.drawText(pad + 4, 14 + 14 * i, name)
-        p.setPen(Qt.white)
 
 
 class TrainWidget(Container):
