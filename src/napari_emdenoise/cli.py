@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .io import ImageFileError, is_tiff_path, list_tiffs, read_tiff, write_tiff
+from .io import ImageFileError, expand_tiffs, is_tiff_path, read_tiff, write_tiff
 from .simulate import LATTICES, SimParams, simulate
 
 
@@ -144,19 +144,6 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_synth)
 
 
-def _tiffs(paths: list[Path]) -> list[Path]:
-    out = []
-    for p in paths:
-        if p.is_dir():
-            found = list_tiffs(p)
-            if not found:
-                raise UsageError(f"folder '{p}' holds no .tif files")
-            out += found
-        else:
-            out.append(p)
-    return out
-
-
 def _cmd_synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -164,8 +151,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     try:
         zooms = [parse_zoom(z) for z in args.zoom]
-        masks = {p.stem: read_tiff(p).data.astype(np.float32) for p in _tiffs(args.masks)}
-        noisy = {p.stem: read_tiff(p).data for p in _tiffs(args.noisy)}
+        masks = {p.stem: read_tiff(p).data.astype(np.float32) for p in expand_tiffs(args.masks)}
+        noisy = {p.stem: read_tiff(p).data for p in expand_tiffs(args.noisy)}
         if args.simulate:
             lattice = simulate(size=(1024, 1024), period=args.sim_period, dents=0, dose=1000.0, seed=args.seed).clean
             period = args.sim_period
@@ -215,7 +202,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _read_folder_images(paths: list[Path], what: str) -> tuple[list[np.ndarray], list[str]]:
-    files = _tiffs(paths)
+    files = expand_tiffs(paths)
     if not files:
         raise UsageError(f"no {what} images given")
     images, names = [], []

@@ -89,6 +89,20 @@ def list_tiffs(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_tiff_path(p)) if folder.is_dir() else []
 
 
+def expand_tiffs(paths) -> list[Path]:
+    """Files as given, folders replaced by their TIFFs; a folder without any is an error."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = list_tiffs(p)
+            if not found:
+                raise ImageFileError(f"folder '{p}' holds no .tif files")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
 def _unit_to_nm(unit: str | None) -> float | None:
     if not unit:
         return None

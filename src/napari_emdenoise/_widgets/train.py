@@ -34,7 +34,7 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QApplication, QWidget
 
 from ..inference import available_devices
-from ..io import ImageFileError, list_tiffs, read_tiff
+from ..io import ImageFileError, expand_tiffs, read_tiff
 from ..simulate import simulate
 from ..train import (
     LOSS_COLORS,
@@ -145,10 +145,8 @@ class TrainWidget(Container):
                 and layer.ndim == 2 and "preview" not in layer.name]
 
     # ------------------------------------------------------------------ inputs
-    def _read_folder(self, folder: Path, what: str) -> tuple[list[np.ndarray], list[str]]:
-        files = list_tiffs(folder)
-        if not files:
-            raise TrainingError(f"the {what} folder '{folder}' holds no .tif files")
+    def _read_folder(self, folder: Path) -> tuple[list[np.ndarray], list[str]]:
+        files = expand_tiffs([folder])
         return [read_tiff(p).data.astype(np.float32) for p in files], [p.name for p in files]
 
     def _data(self):
@@ -161,12 +159,12 @@ class TrainWidget(Container):
         names = list(self._noisy_layers.value)
         folder = chosen_path(self._noisy_dir.value)
         if folder is not None:
-            more, more_names = self._read_folder(folder, "noisy")
+            more, more_names = self._read_folder(folder)
             noisy, names = noisy + more, names + more_names
         clean_dir = chosen_path(self._clean_dir.value)
         if clean_dir is None:
             raise TrainingError("choose the target folder (trainB of a target set) for CycleGAN training")
-        clean, clean_names = self._read_folder(clean_dir, "target")
+        clean, clean_names = self._read_folder(clean_dir)
         return noisy, clean, names, clean_names, "cyclegan", None
 
     # ------------------------------------------------------------------ running
