@@ -7,7 +7,8 @@ from napari_emdenoise.io import write_tiff
 from napari_emdenoise.simulate import simulate
 
 
-def test_start_progress_stop_then_denoise_with_the_checkpoint(make_napari_viewer, qtbot, tmp_path):
+def _start_long_paired_run(make_napari_viewer, tmp_path):
+    """A Train widget running a 10 000-iteration paired run on simulated pairs; events are collected."""
     viewer = make_napari_viewer()
     w = TrainWidget(viewer)
     viewer.window.add_dock_widget(w)
@@ -18,6 +19,11 @@ def test_start_progress_stop_then_denoise_with_the_checkpoint(make_napari_viewer
     events = []
     worker = w.start()
     worker.yielded.connect(events.append)
+    return viewer, w, worker, events
+
+
+def test_start_progress_stop_then_denoise_with_the_checkpoint(make_napari_viewer, qtbot, tmp_path):
+    viewer, w, worker, events = _start_long_paired_run(make_napari_viewer, tmp_path)
     qtbot.waitUntil(lambda: len(events) >= 3, timeout=60_000)
     assert [e.iteration for e in events[:3]] == [1, 2, 3]
     assert w._progress.value >= 3 and "iteration" in w._eta.value
@@ -64,16 +70,7 @@ def test_widget_is_in_the_plugins_menu(make_napari_viewer):
 
 
 def test_closing_napari_during_training_keeps_a_checkpoint(make_napari_viewer, qtbot, tmp_path):
-    viewer = make_napari_viewer()
-    w = TrainWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w._mode.value = PAIRED_SIM
-    w._iters.value = 10_000
-    w._crop.value = 48
-    w._out.value = tmp_path / "run"
-    events = []
-    worker = w.start()
-    worker.yielded.connect(events.append)
+    viewer, w, worker, events = _start_long_paired_run(make_napari_viewer, tmp_path)
     qtbot.waitUntil(lambda: len(events) >= 2, timeout=60_000)
     viewer.close()
     qtbot.waitUntil(lambda: (tmp_path / "run" / "checkpoint.pt").exists(), timeout=60_000)
