@@ -311,21 +311,19 @@ def write_tiff(
         info["uint16_mapping"] = mapping
     else:
         arr = arr.astype(np.float32, copy=False)
-    kwargs: dict[str, Any] = {"imagej": True, "metadata": {"axes": "ZYX"[-arr.ndim:] if arr.ndim <= 3 else None}}
-    if arr.ndim > 3:
-        kwargs = {"metadata": None}
+    imagej = arr.ndim <= 3  # ImageJ hyperstacks: pixel size unit and Info that Fiji reads
+    meta: dict[str, Any] = {"axes": "ZYX"[-arr.ndim:]} if imagej else {}
+    kwargs: dict[str, Any] = {"imagej": True, "metadata": meta} if imagej else {"metadata": None}
     if pixel_size is not None:
         py, px = (pixel_size, pixel_size) if np.isscalar(pixel_size) else pixel_size
         kwargs["resolution"] = (1.0 / float(px), 1.0 / float(py))
-        if kwargs.get("imagej"):
-            kwargs["metadata"]["unit"] = "nm"
+        if imagej:
+            meta["unit"] = "nm"
     if info:
-        if kwargs.get("imagej"):
-            kwargs["metadata"]["Info"] = json.dumps(info, sort_keys=True)
+        if imagej:
+            meta["Info"] = json.dumps(info, sort_keys=True)
         else:
             kwargs["description"] = json.dumps(info, sort_keys=True)
-    if kwargs.get("metadata") and kwargs["metadata"].get("axes") is None:
-        kwargs["metadata"].pop("axes")
     try:
         atomic_write(path, lambda tmp: tifffile.imwrite(tmp, arr, **kwargs))
     except OSError as exc:
