@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,19 +124,12 @@ class MaskWidget(Container):
         if variant in DEFAULT_RADIUS:
             self._radius.value = DEFAULT_RADIUS[variant]
 
-    def _quiet(self):
-        widgets = (self._window, self._threshold, self._sigma, self._variant)
-
-        class _Block:
-            def __enter__(_):
-                for w in widgets:
-                    w.changed.block()
-
-            def __exit__(_, *exc):
-                for w in widgets:
-                    w.changed.unblock()
-
-        return _Block()
+    def _quiet(self) -> contextlib.ExitStack:
+        """Set sliders without each change scheduling its own preview."""
+        stack = contextlib.ExitStack()
+        for w in (self._window, self._threshold, self._sigma, self._variant):
+            stack.enter_context(w.changed.blocked())
+        return stack
 
     # ------------------------------------------------------------------ preview
     @property
