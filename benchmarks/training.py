@@ -24,12 +24,12 @@ from napari_emdenoise.simulate import simulate
 from napari_emdenoise.train import PRESETS, TrainConfig, train
 
 
-def measure(preset: str, mode: str, device: str, iters: int) -> dict:
+def measure(preset: str, mode: str, device: str, iters: int, precision: str = "fp32") -> dict:
     size = 2 * PRESETS[preset]["crop"]
     sims = [simulate(size=size, period=12, dose=5, dents=1, seed=i) for i in range(3)]
     noisy = [s.noisy for s in sims]
     clean = [s.clean for s in sims]
-    cfg = TrainConfig.from_preset(preset, mode=mode, iterations=iters + 2, device=device, preview_every=0,
+    cfg = TrainConfig.from_preset(preset, mode=mode, iterations=iters + 2, device=device, preview_every=0, precision=precision,
                                   checkpoint_every=10**9)
     with tempfile.TemporaryDirectory() as tmp:
         gen = train(noisy, clean, tmp, cfg)
@@ -46,7 +46,7 @@ def measure(preset: str, mode: str, device: str, iters: int) -> dict:
         gen.close()
     return {"preset": preset, "mode": mode, "device": device, "it_s": iters / seconds,
             "mp_s": iters * cfg.batch_size * cfg.crop**2 / 1e6 / seconds, "batch": cfg.batch_size, "crop": cfg.crop,
-            "ngf": cfg.generator.ngf, "netG": cfg.generator.netG}
+            "ngf": cfg.generator.ngf, "netG": cfg.generator.netG, "precision": precision}
 
 
 def main() -> None:
@@ -55,15 +55,17 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["cyclegan", "paired"], choices=["cyclegan", "paired"])
     p.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda when present)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations per configuration")
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"], help="bf16: autocast (GPU)")
     args = p.parse_args()
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    rows = [measure(pr, mode, dev, args.iters) for dev in devices for pr in args.presets for mode in args.modes]
+    rows = [measure(pr, mode, dev, args.iters, prec) for dev in devices for pr in args.presets for mode in args.modes
+            for prec in args.precisions]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
-    print("| preset | generator | mode | device | batch x crop | it/s | crop MP/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| preset | generator | mode | device | precision | batch x crop | it/s | crop MP/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['netG']} ngf {r['ngf']} | {r['mode']} | {r['device']} | {r['batch']} x {r['crop']}² | "
+        print(f"| {r['preset']} | {r['netG']} ngf {r['ngf']} | {r['mode']} | {r['device']} | {r['precision']} | {r['batch']} x {r['crop']}² | "
               f"{r['it_s']:.2f} | {r['mp_s']:.3f} |")
 
 

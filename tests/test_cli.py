@@ -185,9 +185,12 @@ def test_train_paired_from_simulate_then_denoise(tmp_path, capsys):
     assert main(["simulate", "-o", str(sim), "--n", "3", "--size", "128", "--period", "12", "--dose", "5"]) == 0
     run_dir = tmp_path / "run"
     rc = main(["train", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"), "-o", str(run_dir),
-               "--mode", "paired", "--iters", "6", "--crop", "48", "--batch-size", "2", "--checkpoint-every", "3"])
+               "--mode", "paired", "--iters", "6", "--crop", "48", "--batch-size", "2", "--checkpoint-every", "3",
+               "--ngf", "8", "--precision", "bf16"])
     assert rc == 0, capsys.readouterr().err
     assert (run_dir / "denoiser.safetensors").exists() and (run_dir / "loss.png").exists()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["generator"]["ngf"], config["precision"]) == (8, "bf16")
     with open(run_dir / "loss_log.csv") as fh:
         assert len(fh.readlines()) == 7
     assert main(["train", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"), "-o", str(run_dir)]) == 2

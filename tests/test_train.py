@@ -1,4 +1,5 @@
 import csv
+import json
 import subprocess
 import sys
 import textwrap
@@ -149,6 +150,7 @@ def test_image_pool_follows_the_reference_rule():
         ([np.zeros((3, 64, 64))], [np.zeros((64, 64))], {}, "single-channel 2D"),
         ([np.zeros((64, 64))], [np.zeros((64, 64)), np.zeros((64, 64))], {"mode": "paired"}, "as many clean as noisy"),
         ([np.zeros((64, 64))], [np.zeros((64, 48))], {"mode": "paired"}, "differ in shape"),
+        ([np.zeros((64, 64))], [np.zeros((64, 64))], {"precision": "fp16"}, "precision must be 'fp32' or 'bf16'"),
     ],
 )
 def test_bad_inputs_are_refused_before_training(tmp_path, noisy, clean, cfg, words):
@@ -163,3 +165,15 @@ def test_an_unwritable_output_folder_is_refused(tmp_path, data):
     blocker.write_text("x")
     with pytest.raises(TrainingError, match="cannot write to the output folder"):
         next(train(noisy, clean, blocker / "run", TrainConfig(**TINY)))
+
+
+def test_bf16_trains_and_is_recorded(tmp_path, data):
+    noisy, clean_pairs, _ = data
+    cfg = TrainConfig(**{**TINY, "mode": "paired", "iterations": 3, "precision": "bf16"})
+    path = run(train(noisy, clean_pairs, tmp_path / "run", cfg))
+    with open(tmp_path / "run" / "loss_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 and all(np.isfinite(float(r["L1"])) and float(r["L1"]) > 0 for r in rows)
+    saved = TrainConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert saved.precision == "bf16"
+    assert np.isfinite(denoise(noisy[0], path, tile=None)).all()

@@ -189,12 +189,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["cyclegan", "paired"], default="cyclegan", help="training method")
     p.add_argument("--model", choices=["small", "reference"], default="small",
                    help="small: resnet_6blocks ngf 16 for a CPU; reference: resnet_9blocks ngf 64 for a GPU")
+    p.add_argument("--ngf", type=int, default=None, help="generator width (filters of its first layer; default: the preset's)")
     p.add_argument("--iters", type=int, default=2000, help="iterations")
     p.add_argument("--crop", type=int, default=None, help="crop size in px (default: the model preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="crops per iteration (default: the model preset's)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (constant, then linear decay to 0)")
     p.add_argument("--period", type=float, default=None, help="px per lattice period to train at (default: median of the noisy images)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="compute device")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: mixed precision (autocast) on GPUs with bfloat16 units; fp32 everywhere else")
     p.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed and data on a CPU: same weights)")
     p.add_argument("--resume", action="store_true", help="continue the run in -o from its last checkpoint")
@@ -214,9 +217,11 @@ def _read_folder_images(paths: list[Path], what: str) -> tuple[list[np.ndarray],
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from tqdm import tqdm
 
-    from .train import TrainConfig, TrainingError, load_run_config, train
+    from .train import PRESETS, TrainConfig, TrainingError, load_run_config, train
 
     if not args.noisy or not args.clean:
         raise UsageError("--noisy and --clean are both needed (also with --resume)")
@@ -229,9 +234,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if (args.out / "config.json").exists():
                 raise UsageError(f"'{args.out}' already holds a run; use --resume to continue it or another -o")
             overrides = {k: v for k, v in (("crop", args.crop), ("batch_size", args.batch_size)) if v is not None}
+            if args.ngf is not None:
+                overrides["generator"] = replace(PRESETS[args.model]["generator"], ngf=args.ngf)
             cfg = TrainConfig.from_preset(args.model, mode=args.mode, iterations=args.iters, lr=args.lr, period=args.period,
                                           device=args.device, checkpoint_every=args.checkpoint_every, seed=args.seed,
-                                          **overrides)
+                                          precision=args.precision, **overrides)
         if cfg.mode == "paired":
             by_name = dict(zip(clean_names, clean))
             missing = [n for n in noisy_names if n not in by_name]
@@ -250,7 +257,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             gen.close()
             bar.close()
-            print(f"stopped; checkpoint saved in {args.out} (continue with --resume)", file=sys.stderr)
+            if bar.n:
+                print(f"stopped; checkpoint saved in {args.out} (continue with --resume)", file=sys.stderr)
+            else:
+                print("stopped before the first iteration; nothing was saved", file=sys.stderr)
             return 130
         bar.close()
     except TrainingError as exc:

@@ -80,6 +80,7 @@ class TrainConfig:
     lambda_identity: float = 0.5  # times lambda_cycle
     pool_size: int = 50
     lambda_adv_paired: float = 0.0  # paired mode: weight of the optional LSGAN term
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast; for GPUs with bfloat16 units)
     norm_low: float = 0.5
     norm_high: float = 99.5
     period: float | None = None  # px per period the model works at; None: median of the noisy images
@@ -226,6 +227,9 @@ class _Model:
         self.sched = {k: torch.optim.lr_scheduler.LambdaLR(o, rule) for k, o in self.opt.items()}
         self.pools = {"A": ImagePool(cfg.pool_size), "B": ImagePool(cfg.pool_size)}
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
     @staticmethod
     def _requires_grad(nets, flag: bool) -> None:
         for net in nets:
@@ -242,30 +246,33 @@ class _Model:
     def _cycle(self, real_a: torch.Tensor, real_b: torch.Tensor, rng) -> dict:
         c, n = self.cfg, self.nets
         lam, lam_idt = c.lambda_cycle, c.lambda_cycle * c.lambda_identity
-        fake_b = n["G_A"](real_a)
-        rec_a = n["G_B"](fake_b)
-        fake_a = n["G_B"](real_b)
-        rec_b = n["G_A"](fake_a)
         # generators, with the discriminators frozen
         self._requires_grad([n["D_A"], n["D_B"]], False)
         self.opt["G"].zero_grad(set_to_none=True)
         l1 = nn.functional.l1_loss
-        idt_a = l1(n["G_A"](real_b), real_b) * lam_idt if lam_idt > 0 else torch.zeros((), device=self.device)
-        idt_b = l1(n["G_B"](real_a), real_a) * lam_idt if lam_idt > 0 else torch.zeros((), device=self.device)
-        g_a = self._gan(n["D_A"](fake_b), True)
-        g_b = self._gan(n["D_B"](fake_a), True)
-        cyc_a = l1(rec_a, real_a) * lam
-        cyc_b = l1(rec_b, real_b) * lam
+        with self._autocast():
+            fake_b = n["G_A"](real_a)
+            rec_a = n["G_B"](fake_b)
+            fake_a = n["G_B"](real_b)
+            rec_b = n["G_A"](fake_a)
+            idt_a = l1(n["G_A"](real_b), real_b) * lam_idt if lam_idt > 0 else torch.zeros((), device=self.device)
+            idt_b = l1(n["G_B"](real_a), real_a) * lam_idt if lam_idt > 0 else torch.zeros((), device=self.device)
+            g_a = self._gan(n["D_A"](fake_b), True)
+            g_b = self._gan(n["D_B"](fake_a), True)
+            cyc_a = l1(rec_a, real_a) * lam
+            cyc_b = l1(rec_b, real_b) * lam
         (g_a + g_b + cyc_a + cyc_b + idt_a + idt_b).backward()
         self.opt["G"].step()
         # discriminators, each loss halved, fakes from the pools
         self._requires_grad([n["D_A"], n["D_B"]], True)
         self.opt["D"].zero_grad(set_to_none=True)
-        pool_b = self.pools["B"].query(fake_b, rng)
-        d_a = (self._gan(n["D_A"](real_b), True) + self._gan(n["D_A"](pool_b.detach()), False)) * 0.5
+        pool_b = self.pools["B"].query(fake_b.float(), rng)
+        with self._autocast():
+            d_a = (self._gan(n["D_A"](real_b), True) + self._gan(n["D_A"](pool_b.detach()), False)) * 0.5
         d_a.backward()
-        pool_a = self.pools["A"].query(fake_a, rng)
-        d_b = (self._gan(n["D_B"](real_a), True) + self._gan(n["D_B"](pool_a.detach()), False)) * 0.5
+        pool_a = self.pools["A"].query(fake_a.float(), rng)
+        with self._autocast():
+            d_b = (self._gan(n["D_B"](real_a), True) + self._gan(n["D_B"](pool_a.detach()), False)) * 0.5
         d_b.backward()
         self.opt["D"].step()
         return {k: float(v.detach()) for k, v in dict(D_A=d_a, G_A=g_a, cycle_A=cyc_a, idt_A=idt_a,
@@ -273,20 +280,22 @@ class _Model:
 
     def _paired(self, x: torch.Tensor, y: torch.Tensor, rng) -> dict:
         c, n = self.cfg, self.nets
-        fake = n["G_A"](x)
         adv = "D_A" in n
         if adv:
             self._requires_grad([n["D_A"]], False)
         self.opt["G"].zero_grad(set_to_none=True)
-        l1 = nn.functional.l1_loss(fake, y)
-        loss = l1 + (c.lambda_adv_paired * self._gan(n["D_A"](fake), True) if adv else 0.0)
+        with self._autocast():
+            fake = n["G_A"](x)
+            l1 = nn.functional.l1_loss(fake, y)
+            loss = l1 + (c.lambda_adv_paired * self._gan(n["D_A"](fake), True) if adv else 0.0)
         loss.backward()
         self.opt["G"].step()
         out = {"L1": float(l1.detach())}
         if adv:
             self._requires_grad([n["D_A"]], True)
             self.opt["D"].zero_grad(set_to_none=True)
-            d = (self._gan(n["D_A"](y), True) + self._gan(n["D_A"](fake.detach()), False)) * 0.5
+            with self._autocast():
+                d = (self._gan(n["D_A"](y), True) + self._gan(n["D_A"](fake.detach()), False)) * 0.5
             d.backward()
             self.opt["D"].step()
             out["D_A"] = float(d.detach())
@@ -378,8 +387,10 @@ def train(
     cfg = cfg or TrainConfig()
     if cfg.mode not in ("cyclegan", "paired"):
         raise TrainingError(f"mode must be 'cyclegan' or 'paired', not {cfg.mode!r}")
-    if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.crop < 16:
-        raise TrainingError("iterations and batch size must be at least 1, and the crop at least 16 px")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise TrainingError(f"precision must be 'fp32' or 'bf16', not {cfg.precision!r}")
+    if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.crop < 16 or cfg.generator.ngf < 1:
+        raise TrainingError("iterations, batch size and generator width must be at least 1, and the crop at least 16 px")
     noisy_names = list(noisy_names or [f"noisy {i}" for i in range(len(noisy))])
     clean_names = list(clean_names or [f"clean {i}" for i in range(len(clean))])
     if not noisy:
