@@ -35,35 +35,27 @@ def samples() -> None:
     viewer.close()
 
 
-def _quick_model(path: Path) -> Path:
-    """A small denoiser trained for ~10 s on simulated pairs (until a bundled default model exists)."""
-    from napari_emdenoise.nets import GeneratorConfig
-    from napari_emdenoise.simulate import simulate
-    from napari_emdenoise.train import TrainConfig, run, train
-
-    sims = [simulate(size=192, period=16, dose=d, dents=1, seed=i) for i, d in enumerate((3, 6, 12, 4))]
-    cfg = TrainConfig(mode="paired", generator=GeneratorConfig("resnet_6blocks", ngf=8), iterations=200, batch_size=8,
-                      crop=64, lr=2e-3, decay_from=0.0, preview_every=0)
-    return run(train([s.noisy for s in sims], [s.clean for s in sims], path, cfg))
-
-
 def denoise() -> None:
-    import tempfile
-
-    from napari_emdenoise._widgets.denoise import FILE, DenoiseWidget
+    """Denoise the sample with the bundled model, then score it against the sample's truth."""
+    from napari_emdenoise._widgets.denoise import DenoiseWidget
+    from napari_emdenoise._widgets.score import ScoreWidget
 
     viewer = napari.Viewer(show=True)
-    viewer.window.resize(1280, 720)
-    viewer.open_sample("napari-emdenoise", "noisy_dented")
+    viewer.window.resize(1400, 820)
+    viewer.open_sample("napari-emdenoise", "noisy_with_truth")
     widget = DenoiseWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Denoise", area="right")
-    widget._source.value = FILE
-    widget._file.value = _quick_model(Path(tempfile.mkdtemp()) / "run")
-    worker = widget.start()
-    while worker is not None and widget._worker is not None:
-        QApplication.processEvents()
-    for _ in range(20):
-        QApplication.processEvents()
+    worker = widget.start()  # the bundled default model
+    _wait(lambda: worker is None or widget._worker is None, 120)
+    _wait(lambda: "noisy dented denoised" in viewer.layers, 10)
+    scores = ScoreWidget(viewer)
+    viewer.window.add_dock_widget(scores, name="Scores", area="right")
+    scores._reference.value = viewer.layers["noisy dented truth"]
+    scores._dent.value = "noisy dented dent map"
+    scores.start()
+    _wait(lambda: scores._run.enabled, 60)
+    for name in ("noisy dented truth", "noisy dented dent map"):
+        viewer.layers.remove(name)  # keep the picture to input and result
     viewer.grid.enabled = True
     _settle(viewer)
     viewer.camera.zoom *= 2.0  # the facing halves of input (left) and result (right), at full detail

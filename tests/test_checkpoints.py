@@ -107,6 +107,19 @@ def test_safetensors_roundtrip_keeps_metadata_and_holds_no_pickle(tmp_path):
         np.testing.assert_allclose(loaded(x).numpy(), net(x).numpy(), atol=1e-6)
 
 
+
+def test_half_precision_saving_halves_the_file_and_keeps_the_outputs(tmp_path):
+    net = _random(CONFIGS[0])
+    info = ModelInfo(config=CONFIGS[0], period=12.5, description="test model")
+    full = save_generator(tmp_path / "full.safetensors", net, info)
+    half = save_generator(tmp_path / "half.safetensors", net, info, half=True)
+    assert 0.45 < half.stat().st_size / full.stat().st_size < 0.55
+    loaded, got = load_checkpoint(half)
+    assert got.period == 12.5 and all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded(x).numpy(), net(x).numpy(), atol=2e-3)
+
 class _Evil:
     def __init__(self, marker):
         self.marker = marker

@@ -14,7 +14,8 @@ def test_manifest_is_valid():
     pm = PluginManifest.from_distribution(PLUGIN)
     pm.validate_imports()
     assert pm.name == PLUGIN
-    assert {c.key for c in pm.contributions.sample_data} == {"clean_lattice", "noisy_dented"}
+    assert {c.key for c in pm.contributions.sample_data} == {"clean_lattice", "noisy_dented", "noisy_with_truth"}
+    assert {w.display_name for w in pm.contributions.widgets} == {"Denoise", "Dent mask", "Target set", "Train", "Scores"}
 
 
 def test_open_16bit_tiff_gives_image_layer_with_scale(make_napari_viewer, uint16_tiff):

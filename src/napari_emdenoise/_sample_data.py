@@ -8,8 +8,8 @@ from .simulate import simulate
 SAMPLE_PIXEL_SIZE_NM = 0.02
 
 
-def _layer(data, name):
-    return [(data, {"name": name, "scale": (SAMPLE_PIXEL_SIZE_NM,) * 2, "units": ("nm", "nm")}, "image")]
+def _layer(data, name, visible=True):
+    return [(data, {"name": name, "scale": (SAMPLE_PIXEL_SIZE_NM,) * 2, "units": ("nm", "nm"), "visible": visible}, "image")]
 
 
 def clean_lattice():
@@ -18,7 +18,17 @@ def clean_lattice():
     return _layer(sim.clean, "clean lattice")
 
 
+def _dented():
+    return simulate(size=(512, 512), period=16.0, dents=1, dent_depth=0.4, dose=6.0, row_offset=0.3, seed=2)
+
+
 def noisy_dented():
     """A noisy STEM ADF image (512x512 px, 16 px period, 6 counts/px) with one dent."""
-    sim = simulate(size=(512, 512), period=16.0, dents=1, dent_depth=0.4, dose=6.0, row_offset=0.3, seed=2)
-    return _layer(sim.noisy, "noisy dented")
+    return _layer(_dented().noisy, "noisy dented")
+
+
+def noisy_with_truth():
+    """The same noisy image, its noise-free truth and its dent map (0-1): what Scores compares with."""
+    sim = _dented()
+    return [*_layer(sim.noisy, "noisy dented"), *_layer(sim.clean, "noisy dented truth", visible=False),
+            *_layer(sim.dent.astype("float32"), "noisy dented dent map", visible=False)]

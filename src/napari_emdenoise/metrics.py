@@ -39,6 +39,12 @@ class Scores:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def text(self) -> str:
+        """One line for people: PSNR, SSIM, columns, and the dent when it was scored."""
+        line = (f"PSNR {self.psnr:.2f} dB, SSIM {self.ssim:.3f}, columns F1 {self.f1:.3f} "
+                f"(RMS {self.rms_px:.2f} px)")
+        return line + (f", dent error {self.dent_error:.3f}" if self.dent_error is not None else "")
+
 
 def align(output: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """``a * output + b`` closest to ``truth`` in the least-squares sense."""
@@ -103,6 +109,10 @@ def score(output: np.ndarray, truth: np.ndarray, dent: np.ndarray | None = None,
     """All scores of ``output`` against ``truth`` (2D arrays of one shape)."""
     if output.shape != truth.shape or output.ndim != 2:
         raise ValueError(f"output {output.shape} and truth {truth.shape} must be 2D images of the same shape")
+    for what, image in (("output", output), ("truth", truth)):
+        bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+        if bad:
+            raise ValueError(f"the {what} has {bad} NaN or infinite pixels; crop them away or fill them before scoring")
     if period is None:
         est = estimate_period(truth)
         if not est.found:
