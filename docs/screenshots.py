@@ -54,8 +54,7 @@ def denoise() -> None:
     scores._dent.value = "noisy dented dent map"
     scores.start()
     _wait(lambda: scores._run.enabled, 60)
-    for name in ("noisy dented truth", "noisy dented dent map"):
-        viewer.layers.remove(name)  # keep the picture to input and result
+    viewer.layers.move(viewer.layers.index("noisy dented"), len(viewer.layers) - 2)  # input left of the result
     viewer.grid.enabled = True
     _settle(viewer)
     viewer.camera.zoom *= 2.0  # the facing halves of input (left) and result (right), at full detail
