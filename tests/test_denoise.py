@@ -214,3 +214,16 @@ def test_the_bundled_default_model_is_used_when_none_is_given():
     assert _psnr(out, sim.clean) > _psnr(sim.noisy, sim.clean) + 5
     info = load_generator(DEFAULT_MODEL).emdenoise_info
     assert info.period and info.description.startswith("paired training")
+
+
+@pytest.mark.parametrize("tile, overlap", [(192, 32), (256, 64), (512, 64)])
+def test_the_bundled_model_tiled_equals_whole_image_within_one_percent(tile, overlap):
+    from napari_emdenoise.inference import DEFAULT_MODEL
+
+    sim = simulate(size=(768, 640), period=14, dose=3, dents=1, dent_depth=0.35, seed=31)
+    net = load_generator(DEFAULT_MODEL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DenoiseWarning)  # resampled to the model's period
+        whole = denoise(sim.noisy, net, tile=None, device="cpu")
+        tiled = denoise(sim.noisy, net, tile=tile, overlap=overlap, device="cpu")
+    assert np.abs(tiled - whole).max() < 0.01 * (whole.max() - whole.min())

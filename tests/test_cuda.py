@@ -1,0 +1,58 @@
+"""The CUDA path gives the CPU's result (skipped where there is no CUDA GPU, e.g. in CI).
+
+Run on a GPU machine with ``python -m pytest tests/test_cuda.py``; benchmarks/gpu_run.sh does.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_emdenoise import denoise, load_generator
+from napari_emdenoise.inference import DEFAULT_MODEL, DenoiseWarning
+from napari_emdenoise.simulate import simulate
+
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.filterwarnings("ignore", category=DenoiseWarning),
+]
+
+
+@pytest.fixture(scope="module")
+def case():
+    sim = simulate(size=(768, 640), period=14, dose=3, dents=1, dent_depth=0.35, seed=31)
+    return sim, load_generator(DEFAULT_MODEL)
+
+
+def _psnr(x, truth):
+    return 10 * np.log10((truth.max() - truth.min()) ** 2 / np.mean((x - truth) ** 2))
+
+
+def _max_rel(a, b):
+    return float(np.abs(a - b).max() / (b.max() - b.min()))
+
+
+def test_cuda_float32_matches_the_cpu(case):
+    sim, net = case
+    cpu = denoise(sim.noisy, net, device="cpu", tile=256, overlap=64)
+    gpu = denoise(sim.noisy, net, device="cuda", tile=256, overlap=64, amp=False)
+    print(f"cuda fp32 vs cpu: max diff {_max_rel(gpu, cpu):.2e} of the range; PSNR {_psnr(gpu, sim.clean):.3f} vs {_psnr(cpu, sim.clean):.3f} dB")
+    assert _max_rel(gpu, cpu) < 0.02
+    assert abs(_psnr(gpu, sim.clean) - _psnr(cpu, sim.clean)) < 0.05
+
+
+def test_mixed_precision_keeps_the_quality(case):
+    sim, net = case
+    fp32 = denoise(sim.noisy, net, device="cuda", tile=256, overlap=64, amp=False)
+    mixed = denoise(sim.noisy, net, device="cuda", tile=256, overlap=64, amp=True)
+    print(f"cuda mixed vs fp32: max diff {_max_rel(mixed, fp32):.2e} of the range; PSNR {_psnr(mixed, sim.clean):.3f} vs {_psnr(fp32, sim.clean):.3f} dB")
+    assert np.isfinite(mixed).all()
+    assert _max_rel(mixed, fp32) < 0.02
+    assert abs(_psnr(mixed, sim.clean) - _psnr(fp32, sim.clean)) < 0.05
+
+
+def test_cuda_tiles_equal_the_whole_image(case):
+    sim, net = case
+    whole = denoise(sim.noisy, net, device="cuda", tile=None, amp=False)
+    tiled = denoise(sim.noisy, net, device="cuda", tile=192, overlap=32, amp=False)
+    print(f"cuda tiled vs whole: max diff {_max_rel(tiled, whole):.2e} of the range")
+    assert _max_rel(tiled, whole) < 0.01
