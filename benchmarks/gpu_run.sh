@@ -7,7 +7,8 @@
 #    (less if DEADLINE_SECONDS after the start, default 560, would not leave time for steps 2-3)
 #    -> OUT_DIR/denoiser.safetensors, loss_log.csv, loss.png, config.json. If training runs late
 #    it is interrupted like Ctrl-C, which keeps a checkpoint.
-# 2. CUDA inference figures (fp32 vs mixed precision, 4096^2, tiled and whole) -> OUT_DIR/inference.md
+# 2. tests/test_cuda.py (CUDA vs CPU, mixed vs fp32, tiles vs whole on the GPU)  -> OUT_DIR/cuda_tests.txt
+#    CUDA inference figures (fp32 vs mixed precision, 4096^2, tiled and whole) -> OUT_DIR/inference.md
 # 3. CUDA training figures (fp32 vs bf16, both presets and modes)               -> OUT_DIR/training.md
 set -uo pipefail
 out=${1:?usage: gpu_run.sh OUT_DIR [TRAIN_SECONDS [DEADLINE_SECONDS]]}
@@ -57,6 +58,9 @@ stamp "default model: probe $rate it/s -> $iters iterations in about $seconds s"
 timeout -s INT $(( deadline - SECONDS - reserve + 30 )) bash "$root/src/napari_emdenoise/models/make_default.sh" "$work" \
   "$iters" --device cuda --batch-size 32
 cp "$work/run/denoiser.safetensors" "$work/run/loss_log.csv" "$work/run/loss.png" "$work/run/config.json" "$out/"
+
+stamp "CUDA tests"
+timeout 120 python3 -m pytest -q -s -p no:cacheprovider "$root/tests/test_cuda.py" 2>&1 | tee "$out/cuda_tests.txt"
 
 stamp "inference figures"
 timeout $(( deadline - SECONDS - 50 )) python3 "$root/benchmarks/inference.py" --devices cuda --models small resnet9 \
