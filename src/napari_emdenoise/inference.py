@@ -159,7 +159,7 @@ def _calibration_budget(net: nn.Module, device: torch.device) -> int:
     """Pixels of tiles used jointly to take whole-image statistics (one batch, outputs kept)."""
     # CPU: 512 MiB holds every tile of an image up to about 1000^2 px for ngf 32 (a sample of tiles
     # gave up to 4.5% deviations from the whole-image pass on a 768x640 dented image, all tiles
-    # 0.16%); 1 GiB would cover 1400^2 but made 2048^2 images 22% slower (benchmarks/inference.py)
+    # 0.16%); 1 GiB would cover 1400^2 but made 2048^2 images about 20% slower (docs/benchmarks.md)
     budget = 4 * 2**30 if device.type == "cuda" else 512 * 2**20
     return int(budget // (_full_res_channels(net) * 4 * 4))
 
