@@ -44,9 +44,7 @@ class ScoreWidget(Container):
         return [NO_DENT, *names]
 
     def _refresh(self, *_) -> None:
-        self._dent.reset_choices()
-        self._output.reset_choices()
-        self._reference.reset_choices()
+        self.reset_choices()  # napari does this too once docked, but maybe after us: pick from the current layers
         denoised = [ly for ly in self._viewer.layers if ly.name.endswith(" denoised")]
         if denoised:  # the usual case: score what Denoise just added against its reference
             self._output.value = denoised[-1]
