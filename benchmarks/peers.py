@@ -66,7 +66,7 @@ def main() -> int:
     import numpy as np
 
     from napari_emdenoise import denoise
-    from napari_emdenoise.bench import suite, summary, write_csv
+    from napari_emdenoise.bench import markdown_table, suite, summary, write_csv
     from napari_emdenoise.inference import DenoiseWarning, resolve_model
     from napari_emdenoise.metrics import score
 
@@ -107,11 +107,7 @@ def main() -> int:
 
     print(f"\nCPU: {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"tensorflow {child['tensorflow']}")
-    print("| method | mean PSNR dB | mean SSIM | min column F1 | max dent error | s per image |")
-    print("|---|---|---|---|---|---|")
-    for r in summary(rows):
-        dent = "-" if r["dent_error_max"] is None else f"{r['dent_error_max']:.3f}"
-        print(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['f1_min']:.3f} | {dent} | {r['seconds']:.2f} |")
+    print(markdown_table(summary(rows)))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         print(f"written to {write_csv(rows, args.out / 'peers.csv')}")

@@ -149,6 +149,16 @@ def summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+
+def markdown_table(summ: list[dict]) -> str:
+    """The :func:`summary` rows as the Markdown table the README and model card show."""
+    lines = ["| method | mean PSNR dB | mean SSIM | min column F1 | max dent error | s per image |",
+             "|---|---|---|---|---|---|"]
+    for r in summ:
+        dent = "-" if r["dent_error_max"] is None else f"{r['dent_error_max']:.3f}"
+        lines.append(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['f1_min']:.3f} | {dent} | {r['seconds']:.2f} |")
+    return "\n".join(lines)
+
 def side_by_side(panels: list[tuple[str, np.ndarray]], path: Path) -> Path:
     """A PNG of equally scaled crops with a caption over each."""
     from PIL import Image, ImageDraw

@@ -362,7 +362,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import available_methods, run_bench, side_by_side, summary, write_csv
+    from .bench import available_methods, markdown_table, run_bench, side_by_side, summary, write_csv
 
     out = args.out if args.out is not None else _new_folder(Path.cwd() / "emdenoise-bench")
     if "bm3d" not in available_methods():
@@ -375,11 +375,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     write_csv(rows, out / "bench.csv")
     summ = summary(rows)
     write_csv(summ, out / "summary.csv")
-    print("| method | mean PSNR dB | mean SSIM | min column F1 | max dent error | s per image |")
-    print("|---|---|---|---|---|---|")
-    for r in summ:
-        dent = "-" if r["dent_error_max"] is None else f"{r['dent_error_max']:.3f}"
-        print(f"| {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['f1_min']:.3f} | {dent} | {r['seconds']:.2f} |")
+    print(markdown_table(summ))
     if figure is not None:
         sim, outputs = figure
         h, w = sim.noisy.shape
