@@ -17,6 +17,7 @@ from .io import ImageFileError, read_tiff, write_tiff
 from .simulate import SimParams, SimResult, simulate
 
 _LAZY = {
+    "check": ("consistency", "check"),
     "denoise": ("inference", "denoise"),
     "iter_denoise": ("inference", "iter_denoise"),
     "Cancelled": ("inference", "Cancelled"),
@@ -32,6 +33,7 @@ __all__ = [
     "SimParams",
     "SimResult",
     "__version__",
+    "check",
     "denoise",
     "estimate_period",
     "iter_denoise",

@@ -1,0 +1,302 @@
+"""The guard on every result: where does a denoised image disagree with the data beyond noise?
+
+``check(noisy, denoised)`` needs no ground truth. If ``denoised`` is the true mean of
+``noisy``, the residual ``noisy - denoised`` is pure noise; a filled vacancy, an erased dopant
+or a flattened dent leaves a residual shaped like a column that, summed over the column,
+stands tens of sigma out of the noise. The statistic (a local likelihood test, as in Mohan et
+al., "Deep denoising for scientific discovery"):
+
+1. **Intensity match.** The output is mapped onto the data by the least-squares affine map
+   ``mu = a * denoised + b``, so an output in another range (another program's, or one in
+   counts while the data are detector values) is checked all the same. An output that does
+   not follow the data at all (slope <= 0, or no correlation with the smoothed data) is an
+   error, not a map.
+2. **Noise model.** Poisson-Gaussian: ``var(noisy) = g * mu + c``. Real detector images are
+   not counts, so ``g`` (detector values per electron) and ``c`` (read noise and offset) are
+   fitted from the pair itself, by binning the squared residual over ``mu`` on a subsample,
+   twice: the second fit leaves out the regions the first flagged, so the errors being looked
+   for do not inflate the noise they are measured against.
+3. **Local standardised residual.** Per-pixel residuals are standardised and clipped at
+   ±4 sigma (a hot pixel the output rightly removed is one pixel, not a region), then
+   ``z = (K * r) / sqrt(K^2 * var)`` with ``K`` a Gaussian of the atom-column scale. Under
+   the noise model ``z`` is a standard normal at every pixel.
+4. **Flags.** ``|z| > threshold`` (4.5 by default); the positive threshold is raised by the
+   Cornish-Fisher term of the local noise skewness, since sums of few Poisson counts have a
+   long bright tail. Flagged specks smaller than half a column core are dropped. On the true
+   mean image, noise alone leaves 0-4 small regions per megapixel (doses 1-50, docs/fidelity.md).
+   Positive ``z``: the data are brighter than the output (an erased atom); negative: the
+   output is brighter than the data (an invented atom).
+
+Speed: the smoothing runs on 2x2 (or 4x4) binned sums when the column scale allows it; the
+whole check is a handful of passes over the image (see benchmarks/consistency.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+CLIP = 4.0  # per-pixel residuals are clipped at this many sigma before the local sum
+THRESHOLD = 4.5
+MIN_SCALE = 0.7  # px
+
+
+class ConsistencyError(ValueError):
+    """The pair cannot be checked (shapes, NaNs, an output unrelated to the data)."""
+
+
+@dataclass
+class Consistency:
+    """The result of :func:`check` for one image (or a stack, summed over its planes)."""
+
+    z: np.ndarray  # float32, input's shape: local standardised residual (data - output)
+    flagged: np.ndarray  # bool, input's shape: |z| > threshold
+    regions: int  # connected flagged regions
+    threshold: float
+    scale: float  # px, sigma of the column-scale window
+    gain: float  # fitted noise model: var = gain * mean + var_offset (data units)
+    var_offset: float  # var = gain * mean + var_offset (negative when the detector offset dominates)
+    slope: float  # output mapped to the data as slope * output + intercept
+    intercept: float
+
+    @property
+    def share(self) -> float:
+        """Share of pixels flagged."""
+        return float(self.flagged.mean()) if self.flagged.size else 0.0
+
+    @property
+    def erased(self) -> int:
+        """Flagged regions where the data are brighter than the output (something removed)."""
+        return _count_regions(self.flagged & (self.z > 0))
+
+    @property
+    def invented(self) -> int:
+        """Flagged regions where the output is brighter than the data (something added)."""
+        return _count_regions(self.flagged & (self.z < 0))
+
+    def text(self) -> str:
+        """One line for people."""
+        if self.regions == 0:
+            return f"consistent with the data: no region differs beyond noise (|z| > {self.threshold:g})"
+        return (f"{self.regions} region{'s' if self.regions != 1 else ''} disagree with the data beyond noise "
+                f"({100 * self.share:.2f} % of pixels; {self.invented} brighter in the output, "
+                f"{self.erased} darker): look at the consistency map before trusting them")
+
+    def summary(self) -> dict:
+        return {"flagged_share": self.share, "regions": self.regions, "invented": self.invented, "erased": self.erased,
+                "threshold": self.threshold, "scale_px": self.scale, "gain": self.gain, "var_offset": self.var_offset,
+                "slope": self.slope, "intercept": self.intercept}
+
+
+def _count_regions(mask: np.ndarray) -> int:
+    if mask.ndim == 2:
+        return int(ndimage.label(mask)[1])
+    return sum(_count_regions(m) for m in mask.reshape(-1, *mask.shape[-2:]))
+
+
+def _as_float(name: str, a) -> np.ndarray:
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:  # e.g. a ragged list
+        raise ConsistencyError(f"the {name} image is not an array: {exc}") from None
+    if arr.dtype.kind not in "uif" or arr.dtype == np.bool_:
+        raise ConsistencyError(f"the {name} image must hold numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float32, copy=False)
+    bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise ConsistencyError(f"the {name} image has {bad} NaN or infinite pixels; fill or crop them before checking")
+    return arr
+
+
+def _bin(a: np.ndarray, k: int) -> np.ndarray:
+    """Mean over k x k blocks (the image cropped to whole blocks), as float32; strided sums are fast."""
+    h, w = (a.shape[0] // k) * k, (a.shape[1] // k) * k
+    out = np.zeros((h // k, w // k), np.float32)
+    for i in range(k):
+        for j in range(k):
+            out += a[i:h:k, j:w:k]
+    out *= np.float32(1.0 / (k * k))
+    return out
+
+
+def _fit_affine(y: np.ndarray, d: np.ndarray, scale: float) -> tuple[float, float]:
+    """``a * d + b`` closest to the data; an error when the output does not follow the data."""
+    k = max(1, min(4, int(round(2 * scale)), min(y.shape) // 8))
+    yb, db = _bin(y, k).ravel(), _bin(d, k).ravel()  # column-scale means: noise averaged
+    dv = db - db.mean()
+    var_d = float(dv @ dv)
+    if not var_d > 1e-12 * max(float(np.abs(db).max()) ** 2, 1e-300) * len(db):
+        raise ConsistencyError("the output is constant: there is nothing to compare with the data")
+    a = float(dv @ (yb - yb.mean())) / var_d
+    b = float(yb.mean() - a * db.mean())
+    kc = max(1, min(8, min(y.shape) // 16))  # correlation over 8 x 8 blocks: noise averaged out even at dose 1
+    yc, dc = _bin(y, kc).ravel(), _bin(d, kc).ravel()
+    corr = float(np.corrcoef(yc, dc)[0, 1]) if yc.std() > 0 and dc.std() > 0 else 0.0
+    if a <= 0 or not corr > max(0.1, 5.0 / np.sqrt(len(yc))):
+        raise ConsistencyError(
+            f"the output does not follow the data (slope {a:.3g}, correlation {corr:.2f} with the data at the column scale): "
+            "is it the denoised version of this very image, in the same orientation and crop?")
+    return a, b
+
+
+def _fit_noise(y: np.ndarray, mu: np.ndarray, keep: np.ndarray | None) -> tuple[float, float]:
+    """Poisson-Gaussian ``var = g * mu + c`` from binned squared residuals (subsampled, optionally masked)."""
+    step = max(1, int(np.sqrt(y.size / 400_000)))
+    ys, ms = y[::step, ::step].ravel().astype(np.float64), mu[::step, ::step].ravel().astype(np.float64)
+    if keep is not None:
+        k = keep[::step, ::step].ravel()
+        if k.sum() > 0.2 * k.size:
+            ys, ms = ys[k], ms[k]
+    r2 = (ys - ms) ** 2
+    edges = np.unique(np.quantile(ms, np.linspace(0, 1, 17)))
+    if len(edges) < 3:  # a (nearly) flat output: one bin
+        return 0.0, max(float(r2.mean()), 1e-12)
+    idx = np.clip(np.searchsorted(edges, ms, side="right") - 1, 0, len(edges) - 2)
+    n = np.bincount(idx, minlength=len(edges) - 1).astype(np.float64)
+    ok = n > 20
+    mx = np.bincount(idx, weights=ms, minlength=len(n))[ok] / n[ok]
+    vr = np.bincount(idx, weights=r2, minlength=len(n))[ok] / n[ok]
+    if len(mx) < 2:
+        return 0.0, max(float(r2.mean()), 1e-12)
+    A = np.stack([mx, np.ones_like(mx)], axis=1)
+    w = np.sqrt(n[ok]) / np.maximum(vr, 1e-12)  # relative errors of a variance estimate
+    (g, c), *_ = np.linalg.lstsq(A * w[:, None], vr * w, rcond=None)
+    if g < 0:  # no signal dependence seen: Gaussian noise only
+        g, c = 0.0, float(np.average(vr, weights=n[ok]))
+    lowest = float(g * mx.min() + c)
+    if lowest <= 0:  # keep the variance positive at the darkest level seen
+        c += 1e-3 * float(vr.mean()) - lowest
+    return float(g), float(c)
+
+
+def _z_map(y: np.ndarray, mu: np.ndarray, g: float, c: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Local standardised residual, and the skewness of its noise (Poisson sums are right-skewed at low counts).
+
+    Both are computed on k x k binned sums when the scale allows, then block-replicated back.
+    """
+    var = mu * np.float32(g)
+    var += np.float32(c)
+    np.maximum(var, np.float32(max(1e-6 * abs(c), 1e-12)), out=var)
+    sd = np.sqrt(var)
+    r = y - mu
+    r /= sd
+    np.clip(r, -CLIP, CLIP, out=r)
+    r *= sd
+    k = 4 if scale >= 5 else 2 if scale >= 1.2 else 1
+    if k > 1:
+        r, var = _bin(r, k), _bin(var, k)
+    s = scale / k
+    num = ndimage.gaussian_filter(r, s, mode="reflect", truncate=3.0)
+    # sum of K^2 var: K^2 is a Gaussian of sigma/sqrt(2) with mass 1 / (4 pi sigma^2), K^3 one of sigma/sqrt(3) with
+    # mass 1 / (3 (2 pi sigma^2)^2); a bin mean of k^2 pixels has variance var / k^2 and third cumulant k3 / k^4
+    den = ndimage.gaussian_filter(var, s / np.sqrt(2.0), mode="reflect", truncate=3.0) / np.float32(4.0 * np.pi * s * s * k * k)
+    z = num / np.sqrt(den)
+    # Poisson third cumulant per pixel: gain * (Poisson variance) <= gain * var
+    k3 = ndimage.gaussian_filter(var, s / np.sqrt(3.0), mode="reflect", truncate=3.0) * np.float32(max(g, 0.0) / (3.0 * (2 * np.pi * s * s) ** 2 * k**4))
+    skew = k3 / den**1.5
+    if k > 1:
+        z, skew = _upsample(z, k, y.shape), _upsample(skew, k, y.shape)
+    return z, skew
+
+
+def _flag(z: np.ndarray, skew: np.ndarray, threshold: float) -> np.ndarray:
+    """|z| > threshold, the positive threshold raised by the Cornish-Fisher term of the noise's skewness."""
+    t_pos = threshold + np.minimum(skew * np.float32((threshold**2 - 1) / 6.0), np.float32(threshold))
+    return (z > t_pos) | (z < -threshold)
+
+
+def _upsample(z: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
+    """Block-replicate a binned map back to ``shape`` (edge rows/cols past whole blocks repeat the last block)."""
+    out = np.repeat(np.repeat(z, k, axis=0), k, axis=1)
+    ph, pw = shape[0] - out.shape[0], shape[1] - out.shape[1]
+    if ph or pw:
+        out = np.pad(out, ((0, ph), (0, pw)), mode="edge")
+    return out
+
+
+def column_scale(image: np.ndarray) -> float:
+    """The atom-column scale (px) for :func:`check`: 0.15 of the lattice period, from a central crop."""
+    from .lattice import estimate_period
+
+    h, w = image.shape[-2:]
+    crop = image.reshape(-1, h, w)[0]
+    ch, cw = min(h, 512), min(w, 512)
+    est = estimate_period(crop[(h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw], max_period=64.0)
+    return max(MIN_SCALE, 0.15 * est.period) if est.found else 1.5
+
+
+def _clip_hot(y: np.ndarray) -> np.ndarray:
+    """Hot pixels and cosmic rays far above the bulk of the data are clipped, so they steer no fit."""
+    sub = y[:: max(1, y.shape[0] // 256), :: max(1, y.shape[1] // 256)]
+    q50, q999 = np.quantile(sub, [0.5, 0.999])
+    return np.minimum(y, np.float32(q999 + 3.0 * (q999 - q50)))
+
+
+def _check_plane(y, d, scale, threshold):
+    y = _clip_hot(y)
+    a, b = _fit_affine(y, d, scale)
+    mu = d * np.float32(a)
+    mu += np.float32(b)
+    g, c = _fit_noise(y, mu, None)
+    z, skew = _z_map(y, mu, g, c, scale)
+    flagged = _flag(z, skew, threshold)
+    if flagged.mean() > 1e-4:  # refit the noise without what the first pass flagged (and a margin around it)
+        step = max(1, int(np.sqrt(y.size / 400_000)))
+        grown = ndimage.binary_dilation(flagged[::step, ::step], iterations=max(1, int(round(2 * scale / step))))
+        keep = np.ones(y.shape, bool)
+        keep[::step, ::step] = ~grown
+        g2, c2 = _fit_noise(y, mu, keep)
+        if abs(g2 - g) > 0.02 * max(abs(g), 1e-12) or abs(c2 - c) > 0.02 * max(abs(c), 1e-12):
+            g, c = g2, c2
+            z, skew = _z_map(y, mu, g, c, scale)
+            flagged = _flag(z, skew, threshold)
+    flagged = _drop_specks(flagged, scale)
+    return z, flagged, (g, c, a, b)
+
+
+def _drop_specks(flagged: np.ndarray, scale: float) -> np.ndarray:
+    """Flagged regions smaller than a column core (pi scale^2 / 2 px) are noise peaks, not columns."""
+    if not flagged.any():
+        return flagged
+    lab, n = ndimage.label(flagged)
+    area = np.bincount(lab.ravel(), minlength=n + 1)
+    big = area >= max(2.0, 0.5 * np.pi * scale * scale)
+    big[0] = False
+    return big[lab]
+
+
+def check(noisy, denoised, *, scale: float | None = None, threshold: float = THRESHOLD) -> Consistency:
+    """Where ``denoised`` disagrees with ``noisy`` beyond noise (see the module docstring).
+
+    ``noisy`` and ``denoised`` are images of one shape (2D, or stacks whose last two axes
+    are the image; each plane is checked on its own). ``scale`` is the sigma (px) of the
+    column-scale window, 0.15 of the lattice period estimated from the data unless given.
+    Works on any output, another program's included: intensities are matched affinely.
+    """
+    y = _as_float("noisy", noisy)
+    d = _as_float("denoised", denoised)
+    if y.shape != d.shape:
+        raise ConsistencyError(f"the denoised image has shape {d.shape} but the data have {y.shape}: "
+                               "compare an output with the very image it came from")
+    if y.ndim < 2 or min(y.shape[-2:]) < 8:
+        raise ConsistencyError(f"need 2D images of at least 8 x 8 px (or stacks of them), got shape {y.shape}")
+    if not threshold > 0:
+        raise ConsistencyError(f"threshold must be positive (sigma), got {threshold}")
+    if scale is None:
+        scale = column_scale(y)
+    if not (np.isfinite(scale) and scale > 0):
+        raise ConsistencyError(f"scale must be a positive number of px, got {scale}")
+    scale = max(float(scale), MIN_SCALE)
+    planes_y = y.reshape(-1, *y.shape[-2:])
+    planes_d = d.reshape(-1, *d.shape[-2:])
+    z = np.empty(planes_y.shape, np.float32)
+    flagged = np.empty(planes_y.shape, bool)
+    fits = []
+    for i, (py, pd) in enumerate(zip(planes_y, planes_d)):
+        z[i], flagged[i], fit = _check_plane(py, pd, scale, threshold)
+        fits.append(fit)
+    g, c, a, b = (float(np.mean(v)) for v in zip(*fits))
+    z, flagged = z.reshape(y.shape), flagged.reshape(y.shape)
+    return Consistency(z, flagged, _count_regions(flagged), float(threshold), scale, g, c, a, b)

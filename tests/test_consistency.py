@@ -1,0 +1,73 @@
+"""check(): flags what an output invented or erased, and (almost) nothing on the truth."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_emdenoise import check
+from napari_emdenoise.consistency import ConsistencyError
+from napari_emdenoise.scenes import ADATOM, DOPANT, VACANCY_HEAVY, make_scene, zweight
+
+
+def _corrupted(scene):
+    """The scene's mean image with every heavy-site vacancy filled and every dopant erased."""
+    w = scene.weights.copy()
+    vac = (scene.labels == VACANCY_HEAVY) & (scene.sublattice == 0)
+    dop = np.isin(scene.labels, [DOPANT, ADATOM])
+    w[vac] = scene.site_weights[vac]
+    w[dop] = np.where(scene.labels[dop] == DOPANT, scene.site_weights[dop] * zweight(42) / zweight(74), 0.0)
+    return scene.render(w)[1], scene.positions[vac | dop]
+
+
+@pytest.mark.parametrize("dose", [1, 5, 50])
+@pytest.mark.parametrize("kind", ["vacancies", "dopants"])
+def test_filled_vacancies_and_erased_dopants_are_flagged(kind, dose):
+    s = make_scene(kind=kind, size=384, period=12, dose=dose, gain=37.0, offset=3100.0, read_noise=25.0, seed=11)
+    assert s.noisy.dtype == np.uint16
+    truth = check(s.noisy, s.expected)
+    assert truth.share <= 0.01
+    assert truth.regions <= 3
+    bad, sites = _corrupted(s)
+    assert len(sites) >= 8
+    res = check(s.noisy, bad)
+    near = ndimage.maximum_filter(res.flagged, size=5)
+    rc = np.rint(sites).astype(int)
+    assert near[rc[:, 0], rc[:, 1]].mean() >= 0.9
+    assert res.invented >= 1 if kind == "vacancies" else res.erased >= 1
+    # the fitted noise model found the detector's gain (detector values per electron)
+    assert truth.gain == pytest.approx(37.0, rel=0.1)
+
+
+def test_other_programs_output_in_another_range_is_checked():
+    s = make_scene(kind="vacancies", size=256, period=10, dose=8, seed=2)
+    counts = s.counts(s.expected)  # the truth in electron counts, not detector values
+    res = check(s.noisy, counts)
+    assert res.regions <= 2 and res.slope == pytest.approx(s.params.gain, rel=0.05)
+    assert res.z.dtype == np.float32 and res.z.shape == s.noisy.shape and res.flagged.dtype == bool
+
+
+def test_stack_is_checked_plane_by_plane():
+    a = make_scene(kind="dopants", size=128, period=10, dose=5, seed=1)
+    b = make_scene(kind="dopants", size=128, period=10, dose=5, seed=2)
+    res = check(np.stack([a.noisy, b.noisy]), np.stack([a.expected, b.expected]))
+    assert res.z.shape == (2, 128, 128) and res.share <= 0.01
+    assert "consistent" in res.text() or "region" in res.text()
+
+
+def test_bad_pairs_get_one_clear_error():
+    s = make_scene(kind="vacancies", size=128, period=10, dose=5, seed=3)
+    with pytest.raises(ConsistencyError, match="shape"):
+        check(s.noisy, s.expected[:100])
+    nan = s.expected.copy()
+    nan[3, 4] = np.nan
+    with pytest.raises(ConsistencyError, match="NaN"):
+        check(s.noisy, nan)
+    with pytest.raises(ConsistencyError, match="constant"):
+        check(s.noisy, np.ones_like(s.expected))
+    other = make_scene(kind="amorphous", size=128, period=10, dose=5, seed=9)
+    with pytest.raises(ConsistencyError, match="does not follow the data"):
+        check(s.noisy, other.expected)
+    with pytest.raises(ConsistencyError, match="does not follow the data"):
+        check(s.noisy, -s.expected)  # an inverted output
+    with pytest.raises(ConsistencyError, match="numbers"):
+        check(s.noisy, s.expected.astype(str))
