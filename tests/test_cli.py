@@ -7,6 +7,7 @@ import pytest
 
 from napari_emdenoise.cli import build_parser, main
 from napari_emdenoise.io import read_tiff, write_tiff
+from napari_emdenoise.simulate import simulate
 
 
 def _digest(folder):
@@ -129,6 +130,62 @@ def test_denoise_many_files_reports_failures_and_continues(tmp_path, trained_mod
     assert main(["denoise", inputs[0], "-o", str(out), "--model", str(trained_model)]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "sim_0000_denoised.tif").read_bytes() == before
+
+
+def test_denoise_check_writes_a_consistency_map_and_a_summary_line(tmp_path, trained_model, capsys):
+    from napari_emdenoise import check
+
+    sim_dir = tmp_path / "sim"
+    assert main(["simulate", "-o", str(sim_dir), "--n", "1", "--size", "160x200", "--period", "12",
+                 "--pixel-size", "0.03"]) == 0
+    stack = np.stack([simulate(size=96, period=12, dose=8, seed=s).noisy for s in (1, 2)])
+    write_tiff(tmp_path / "series.tif", stack, pixel_size=0.05)
+    inputs = [str(sim_dir / "noisy" / "sim_0000.tif"), str(tmp_path / "series.tif")]
+    out = tmp_path / "out"
+    model = ["--model", str(trained_model), "--tile", "128", "--overlap", "32"]
+    rc = main(["denoise", *inputs, "-o", str(out), *model, "--check"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["series_consistency.tif", "series_denoised.tif",
+                                                     "sim_0000_consistency.tif", "sim_0000_denoised.tif"]
+    noisy = read_tiff(sim_dir / "noisy" / "sim_0000.tif").data
+    cons = read_tiff(out / "sim_0000_consistency.tif")
+    assert cons.data.shape == noisy.shape and cons.data.dtype == np.float32
+    assert cons.pixel_size == pytest.approx((0.03, 0.03))
+    expected = check(noisy, read_tiff(out / "sim_0000_denoised.tif").data)
+    assert f"sim_0000.tif: consistency: {expected.text()}" in captured.out.splitlines()
+    np.testing.assert_allclose(cons.data, expected.z)
+    series = read_tiff(out / "series_consistency.tif")
+    assert series.data.shape == (2, 96, 96) and series.data.dtype == np.float32
+    assert series.pixel_size == pytest.approx((0.05, 0.05))
+    assert any(line.startswith("series.tif: consistency: ") for line in captured.out.splitlines())
+
+    # an existing consistency map without --overwrite: the file stops before anything is written
+    (out / "sim_0000_denoised.tif").unlink()
+    before = (out / "sim_0000_consistency.tif").read_bytes()
+    assert main(["denoise", inputs[0], "-o", str(out), *model, "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "sim_0000_consistency.tif' exists" in err and "--overwrite" in err
+    assert not (out / "sim_0000_denoised.tif").exists()
+    assert (out / "sim_0000_consistency.tif").read_bytes() == before
+    assert main(["denoise", inputs[0], "-o", str(out), *model, "--check", "--overwrite"]) == 0
+    assert (out / "sim_0000_denoised.tif").exists() and "sim_0000.tif: consistency: " in capsys.readouterr().out
+    # without --check the map is neither needed nor touched
+    assert main(["denoise", inputs[0], "-o", str(out), *model, "--overwrite"]) == 0
+    assert "consistency" not in capsys.readouterr().out
+
+
+def test_denoise_check_that_cannot_run_is_that_files_error(tmp_path, trained_model, capsys):
+    noisy = simulate(size=128, period=12, dose=8, seed=3).noisy
+    noisy[10:12, 20:30] = np.nan  # denoise keeps NaN pixels NaN; check refuses them
+    write_tiff(tmp_path / "holes.tif", noisy)
+    out = tmp_path / "out"
+    rc = main(["denoise", str(tmp_path / "holes.tif"), "-o", str(out), "--model", str(trained_model), "--check"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "holes.tif: error: consistency check could not run: " in captured.err and "NaN" in captured.err
+    assert "1 of 1 file(s) failed" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["holes_denoised.tif"]  # the output itself is kept
 
 
 def test_denoise_with_a_bad_model_is_one_line(tmp_path, capsys):

@@ -356,9 +356,41 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("-o", "--out", type=Path, default=None, help="output folder (default: a new ./emdenoise-bench[-N])")
-    p.add_argument("--quick", action="store_true", help="4 small images instead of 12")
+    p.add_argument("--quick", action="store_true", help="4 small images instead of 12 (--fidelity: 7 of 256x256)")
     p.add_argument("--extra", nargs="*", type=Path, default=[], help="more checkpoints to score (named by file)")
+    p.add_argument("--fidelity", action="store_true",
+                   help="the fidelity benchmark instead: 12 specimen scenes (vacancies, dopants, light columns, amorphous "
+                        "films, a particle, a grain boundary, a harsh scan) as uint16 detector data; measures what each "
+                        "method invented or erased; writes fidelity.csv, fidelity_summary.csv and fidelity.png "
+                        "(docs/fidelity.md)")
     p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_fidelity(args: argparse.Namespace, out: Path) -> int:
+    from tqdm import tqdm
+
+    from . import fidelity
+    from .bench import write_csv
+    from .checkpoints import CheckpointError
+
+    methods = fidelity.classical_methods()
+    try:
+        methods["model"] = fidelity.model_method(None)
+        for path in args.extra:
+            methods[path.stem] = fidelity.model_method(path)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    n = len(fidelity.QUICK if args.quick else fidelity.SUITE) * len(methods)
+    with tqdm(total=n, desc="fidelity", unit="run", disable=None, leave=False) as bar:
+        run = fidelity.run_fidelity(methods, args.quick, progress=lambda *_: bar.update())
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(run.rows, out / "fidelity.csv")
+    summ = fidelity.summary(run.rows)
+    write_csv(summ, out / "fidelity_summary.csv")
+    fidelity.figure(run, out / "fidelity.png")
+    print(fidelity.markdown_table(summ))
+    print(f"written to {out}")
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -367,6 +399,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else _new_folder(Path.cwd() / "emdenoise-bench")
     if "bm3d" not in available_methods():
         print("note: BM3D is skipped: pip install bm3d to include it", file=sys.stderr)
+    if args.fidelity:
+        return _cmd_fidelity(args, out)
     try:
         rows, figure = run_bench(args.quick, {p.stem: p for p in args.extra})
     except FileNotFoundError as exc:
@@ -592,6 +626,10 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
             "Denoise each input TIFF (2D or a stack) and write OUT_DIR/<name>_denoised.tif (float32, the input's "
             "pixel size kept). The image is resampled to the model's training period (estimated from the image "
             "unless --period is given), cut into overlapping tiles that are blended seamlessly, and mapped back. "
+            "With --check, each output is also compared with its input (no ground truth needed) and "
+            "OUT_DIR/<name>_consistency.tif is written: the float32 z map, the local residual input - output in "
+            "units of the noise (positive: the data are brighter, something was erased; negative: the output is "
+            "brighter, something was invented; |z| > 4.5 is flagged), with one summary line per file. "
             "A file that fails is reported and the rest continue; the exit code is 1 if any failed."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -609,6 +647,9 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
     scale.add_argument("--period", type=float, default=None, help="lattice period of the inputs in px (skips the estimate)")
     scale.add_argument("--no-rescale", action="store_true", help="do not resample to the model's training period")
     p.add_argument("--dtype", choices=["float32", "uint16"], default="float32", help="output sample type")
+    p.add_argument("--check", action="store_true",
+                   help="check each output against its input: write OUT_DIR/<name>_consistency.tif (z map, float32) "
+                        "and print how many regions disagree with the data beyond noise")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_cmd_denoise)
 
@@ -618,6 +659,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     from ._drive import drive
     from .checkpoints import CheckpointError
+    from .consistency import ConsistencyError, check
     from .inference import iter_denoise, resolve_model
 
     if args.tile < 0 or (args.tile and args.overlap * 2 > args.tile) or args.overlap < 0:
@@ -629,9 +671,11 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.inputs:
         target = args.out / f"{path.stem}_denoised.tif"
+        cons_target = args.out / f"{path.stem}_consistency.tif"
         try:
-            if target.exists() and not args.overwrite:
-                raise FileExistsError(f"'{target}' exists; use --overwrite to replace it")
+            for t in (target, cons_target) if args.check else (target,):
+                if t.exists() and not args.overwrite:
+                    raise FileExistsError(f"'{t}' exists; use --overwrite to replace it")
             img = read_tiff(path)
             with _notes() as caught:
                 gen = iter_denoise(
@@ -646,9 +690,21 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
                     result = drive(gen, show)
             _print_notes(caught, path.name)
+            cons, cons_error = None, None
+            if args.check:
+                try:
+                    cons = check(img.data, result)
+                except ConsistencyError as exc:  # the denoised output is still written
+                    cons_error = exc
             write_tiff(target, result, pixel_size=img.pixel_size, dtype=args.dtype, overwrite=args.overwrite,
                        description={"source": str(path), "model": str(args.model or "bundled default")})
             print(f"{path.name} -> {target}")
+            if cons_error is not None:
+                raise ConsistencyError(f"consistency check could not run: {cons_error}")
+            if cons is not None:
+                write_tiff(cons_target, cons.z, pixel_size=img.pixel_size, overwrite=args.overwrite,
+                           description={"source": str(path), "denoised": str(target), "consistency": cons.summary()})
+                print(f"{path.name}: consistency: {cons.text()}")
         except (ImageFileError, FileExistsError, ValueError, TypeError, MemoryError) as exc:
             failed += 1
             print(f"{path.name}: error: {exc}", file=sys.stderr)
