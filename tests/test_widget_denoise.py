@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from napari_emdenoise import check
 from napari_emdenoise._widgets.denoise import FILE, DenoiseWidget
 from napari_emdenoise.simulate import simulate
 
@@ -36,6 +37,49 @@ def test_denoise_adds_a_layer_with_the_input_shape_and_scale(widget, qtbot):
     err_in = np.mean((sim.noisy - sim.clean) ** 2)
     assert np.mean((out.data - sim.clean) ** 2) < 0.5 * err_in
     assert w._run.enabled and not w._cancel.enabled
+    # the consistency check ran: its one line under the button, its summary on the layer, no map unless asked
+    expected = check(sim.noisy, out.data)
+    assert w._consistency.value == expected.text()
+    assert "disagree with the data" in w._consistency.value or "consistent with the data" in w._consistency.value
+    assert out.metadata["consistency"] == expected.summary()
+    assert [layer.name for layer in viewer.layers] == ["scan", "scan denoised"]
+
+
+def test_consistency_map_layer_when_asked_for(widget, qtbot):
+    viewer, w = widget
+    sim = simulate(size=(160, 192), period=12, dose=6, dents=1, seed=3)
+    viewer.add_image(sim.noisy, name="scan", scale=(0.03, 0.03), translate=(1.0, 2.0))
+    assert not w._map.value  # off by default
+    w._map.value = True
+    w._tile.value, w._overlap.value = 128, 32
+    worker = w.start()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: "scan consistency" in viewer.layers, timeout=5_000)
+    assert [layer.name for layer in viewer.layers] == ["scan", "scan denoised", "scan consistency"]
+    z = viewer.layers["scan consistency"]
+    assert z.data.shape == (160, 192) and z.data.dtype == np.float32
+    assert tuple(z.scale) == pytest.approx((0.03, 0.03)) and tuple(z.translate) == pytest.approx((1.0, 2.0))
+    assert z.colormap.name == "bwr" and tuple(z.contrast_limits) == pytest.approx((-9.0, 9.0))
+    expected = check(sim.noisy, viewer.layers["scan denoised"].data)
+    np.testing.assert_array_equal(z.data, expected.z)
+    assert z.metadata["consistency"] == expected.summary() == viewer.layers["scan denoised"].metadata["consistency"]
+    assert w._consistency.value == expected.text()
+
+
+def test_a_check_that_cannot_run_still_adds_the_denoised_layer(widget, qtbot):
+    viewer, w = widget
+    noisy = simulate(size=(128, 128), period=12, dose=8, seed=4).noisy
+    noisy[40:42, 10:30] = np.nan  # denoising keeps NaN pixels NaN; the check refuses them
+    viewer.add_image(noisy, name="holes")
+    w._map.value = True
+    worker = w.start()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: "holes denoised" in viewer.layers, timeout=5_000)
+    assert w._consistency.value.startswith("the check could not run: ") and "NaN" in w._consistency.value
+    assert [layer.name for layer in viewer.layers] == ["holes", "holes denoised"]
+    assert "consistency" not in viewer.layers["holes denoised"].metadata
 
 
 def test_cancel_mid_run_leaves_no_new_layer(widget, qtbot, two_tile_statistics):
@@ -78,6 +122,8 @@ def test_current_slice_of_a_stack(widget, qtbot):
         pass
     qtbot.waitUntil(lambda: "series denoised [1]" in viewer.layers, timeout=5_000)
     assert viewer.layers["series denoised [1]"].data.shape == (3, 96, 96)
+    assert viewer.layers["series denoised [1]"].metadata["consistency"]["regions"] >= 0  # the stack was checked too
+    assert w._consistency.value
 
 
 def test_a_bad_checkpoint_is_reported_when_chosen(widget, tmp_path):

@@ -1,10 +1,11 @@
 """Plugins > EM Denoise > Denoise: one button that runs the core ``iter_denoise`` in a thread.
 
 The widget holds no numerics: it gathers settings, starts a napari worker over the core
-generator (its progress events drive the bar; Cancel quits the worker, which closes the
-generator in its own thread)
-and adds ``<name> denoised`` when the worker returns. Warnings from the core (rescaling,
-NaN pixels) reach the user as napari notifications.
+generator followed by the core ``check`` (its progress events drive the bar; Cancel quits the
+worker, which closes the generator in its own thread) and adds ``<name> denoised`` when the
+worker returns, with the check's one-line verdict under the button, its summary in the
+layer's ``metadata["consistency"]`` and, when asked for, the ``<name> consistency`` z map.
+Warnings from the core (rescaling, NaN pixels) reach the user as napari notifications.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from napari.qt.threading import GeneratorWorker
 from napari.utils.notifications import show_error, show_info
 
 from ..checkpoints import CheckpointError, model_info
+from ..consistency import Consistency, ConsistencyError, check
 from ..inference import (
     DEFAULT_MODEL,
     Progress,
@@ -42,6 +44,19 @@ from ._worker import ClosingWorker
 
 BUNDLED = "bundled default"
 FILE = "checkpoint file"
+
+
+def _denoise_and_check(data, model, **kwargs):
+    """``iter_denoise``'s progress events, then the consistency check of its result, all in the worker thread.
+
+    Returns ``(result, Consistency)``, or ``(result, ConsistencyError)`` when the pair cannot be checked.
+    """
+    result = yield from iter_denoise(data, model, **kwargs)
+    try:
+        cons = check(data, result)
+    except ConsistencyError as exc:
+        cons = exc
+    return result, cons
 
 
 class DenoiseWidget(Container):
@@ -67,12 +82,19 @@ class DenoiseWidget(Container):
                                     tooltip="lattice period of the image; 0: estimate it")
         self._period_label = Label(value="", label="")
         self._stack = CheckBox(value=False, text="whole stack (not only the current slice)")
+        self._map = CheckBox(value=False, text="add consistency map layer",
+                             tooltip="z: data minus output in units of the noise (bwr colormap, ±2 x threshold); "
+                                     "red: the data are brighter (something erased), blue: the output is "
+                                     "brighter (something invented)")
         self._run = PushButton(text="Denoise")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(value=0, min=0, max=1, label="progress", visible=False)
+        self._consistency = Label(value="", label="consistency")
+        self._consistency.native.setWordWrap(True)  # one line of text, wrapped to the dock's width
         self.extend([
             self._image, self._source, self._file, self._model_label, self._tile, self._overlap, self._device,
-            self._rescale, self._period, self._period_label, self._stack, self._run, self._cancel, self._progress,
+            self._rescale, self._period, self._period_label, self._stack, self._map, self._run, self._cancel,
+            self._progress, self._consistency,
         ])
         self._file.visible = self._source.value == FILE
         self._source.changed.connect(self._on_source)
@@ -146,12 +168,13 @@ class DenoiseWidget(Container):
         units = getattr(layer, "units", None)
         if units is not None:
             meta["units"] = tuple(units[-ndim_out:])
+        map_name = f"{layer.name} consistency" if self._map.value else None
         self._worker = ClosingWorker(
-            iter_denoise, data, self._model, tile=self._tile.value or None, overlap=self._overlap.value,
+            _denoise_and_check, data, self._model, tile=self._tile.value or None, overlap=self._overlap.value,
             device=self._device.value, period=self._period.value or None, rescale=self._rescale.value,
         )
         self._worker.yielded.connect(self._on_progress)
-        self._worker.returned.connect(lambda result: self._add_result(result, meta))
+        self._worker.returned.connect(lambda out: self._add_result(*out, meta, map_name))
         self._worker.errored.connect(lambda exc: show_error(f"Denoising failed: {exc}"))
         self._worker.aborted.connect(lambda: show_info("Denoising cancelled; no layer was added."))
         self._worker.finished.connect(self._on_finished)
@@ -168,8 +191,23 @@ class DenoiseWidget(Container):
         self._progress.max = max(p.total, 1)
         self._progress.value = min(p.done, p.total)
 
-    def _add_result(self, result: np.ndarray, meta: dict) -> None:
-        self._viewer.add_image(result, **meta)
+    def _add_result(self, result: np.ndarray, cons: Consistency | ConsistencyError, meta: dict,
+                    map_name: str | None) -> None:
+        if isinstance(cons, ConsistencyError):
+            self._viewer.add_image(result, **meta)
+            self._consistency.value = f"the check could not run: {cons}"
+            return
+        summary = cons.summary()
+        self._viewer.add_image(result, **{**meta, "metadata": {**meta["metadata"], "consistency": summary}})
+        self._consistency.value = cons.text()
+        if map_name is not None:
+            limit = 2 * cons.threshold
+            extra = {"units": meta["units"]} if "units" in meta else {}
+            self._viewer.add_image(
+                cons.z, name=map_name, scale=meta["scale"], translate=meta["translate"], colormap="bwr",
+                contrast_limits=(-limit, limit), **extra,
+                metadata={"source_layer": meta["metadata"]["source_layer"], "consistency": summary},
+            )
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -181,3 +219,4 @@ class DenoiseWidget(Container):
         self._progress.visible = running
         if running:
             self._progress.value = 0
+            self._consistency.value = ""
