@@ -1,6 +1,11 @@
-"""The published peer on the same suite: tk_r_em (Lobato et al., npj Comput Mater 2023).
+"""The published peer on the same suites: tk_r_em (Lobato et al., npj Comput Mater 2023).
 
-    python benchmarks/peers.py [--quick] [-o docs/bench] [--venv DIR]
+    python benchmarks/peers.py [--quick] [--fidelity] [-o docs/bench] [--venv DIR]
+
+With ``--fidelity`` it runs the fidelity benchmark of ``emdenoise bench --fidelity`` (specimen
+scenes as uint16 detector data; noisy input, Gaussian, BM3D, the default model and tk_r_em,
+which gets the raw detector values as a user would feed it) and writes fidelity.csv,
+fidelity_summary.csv and fidelity.png.
 
 tk_r_em ships pretrained TensorFlow SavedModels (GPL-3) for STEM/TEM/SEM restoration; its
 ``sfr_hrstem`` network is what a microscopist would pick instead of ours. It never enters this
@@ -75,20 +80,18 @@ def main() -> int:
     p.add_argument("-o", "--out", type=Path, default=None, help="folder for peers.csv")
     p.add_argument("--venv", type=Path, default=Path.home() / ".cache" / "napari-emdenoise" / "tk-r-em")
     p.add_argument("--network", default="sfr_hrstem", help="tk_r_em network name")
+    p.add_argument("--fidelity", action="store_true", help="the fidelity benchmark (specimen scenes) instead")
     args = p.parse_args()
 
     py = ensure_venv(args.venv)
+    if args.fidelity:
+        return fidelity_main(args, py)
     images = list(suite(args.quick))
-    with tempfile.TemporaryDirectory() as tmp:
-        np.savez(Path(tmp) / "in.npz", **{f"i{k}": sim.noisy for k, (_, sim, _) in enumerate(images)})
-        proc = subprocess.run([py, "-c", CHILD, Path(tmp) / "in.npz", Path(tmp) / "out.npz", args.network],
-                              capture_output=True, text=True, check=False,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""})
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return 1
-        child = json.loads(proc.stdout.strip().splitlines()[-1])
-        peer = dict(np.load(Path(tmp) / "out.npz"))
+    try:
+        peer, child = run_peer(py, {f"i{k}": sim.noisy for k, (_, sim, _) in enumerate(images)}, args.network)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     net = resolve_model(None)
     rows = []
     for k, (name, sim, has_dent) in enumerate(images):
@@ -111,6 +114,60 @@ def main() -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         print(f"written to {write_csv(rows, args.out / 'peers.csv')}")
+    return 0
+
+
+def run_peer(py: Path, images: dict, network: str) -> tuple[dict, dict]:
+    """tk_r_em on each named image in its own environment: outputs and seconds per image."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "in.npz", **images)
+        proc = subprocess.run([py, "-c", CHILD, Path(tmp) / "in.npz", Path(tmp) / "out.npz", network],
+                              capture_output=True, text=True, check=False,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""})
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-3000:])
+        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        return dict(np.load(Path(tmp) / "out.npz")), child
+
+
+def fidelity_main(args, py: Path) -> int:
+    import numpy as np
+    import torch
+
+    from napari_emdenoise import fidelity
+    from napari_emdenoise.bench import write_csv
+
+    scenes = list(fidelity.suite(args.quick))
+    try:
+        peer, child = run_peer(py, {f"i{k}": s.noisy.astype(np.float32) for k, (_, s) in enumerate(scenes)}, args.network)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    by_seed = {s.params.seed: k for k, (_, s) in enumerate(scenes)}
+    name = f"tk_r_em {args.network}"
+
+    def tk_r_em(scene):
+        return peer[f"i{by_seed[scene.params.seed]}"]
+
+    methods = fidelity.classical_methods()
+    methods[name] = tk_r_em
+    methods["model"] = fidelity.model_method(None)
+    run = fidelity.run_fidelity(methods, args.quick, progress=lambda n, m: print(f"{n:28s} {m}", file=sys.stderr))
+    for row in run.rows:  # the peer's time is its own network's, measured in its process
+        if row["method"] == name:
+            row["seconds"] = child["seconds"][f"i{[n for n, _ in scenes].index(row['scene'])}"]
+    summ = fidelity.summary(run.rows)
+    print(f"\nCPU: {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"tensorflow {child['tensorflow']}")
+    print(fidelity.markdown_table(summ))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_csv(run.rows, args.out / "fidelity.csv")
+        write_csv(summ, args.out / "fidelity_summary.csv")
+        fidelity.figure(run, args.out / "fidelity.png")
+        print(f"written to {args.out}")
     return 0
 
 

@@ -227,18 +227,21 @@ def column_scale(image: np.ndarray) -> float:
     return max(MIN_SCALE, 0.15 * est.period) if est.found else 1.5
 
 
-def _clip_hot(y: np.ndarray) -> np.ndarray:
-    """Hot pixels and cosmic rays far above the bulk of the data are clipped, so they steer no fit."""
-    sub = y[:: max(1, y.shape[0] // 256), :: max(1, y.shape[1] // 256)]
+def hot_bound(y: np.ndarray) -> float:
+    """A level far above the bulk of the data (hot pixels, cosmic rays): the 99.9th percentile plus 3x its
+    distance from the median, on a subsample."""
+    sub = np.asarray(y)[..., :: max(1, y.shape[-2] // 256), :: max(1, y.shape[-1] // 256)]
     q50, q999 = np.quantile(sub, [0.5, 0.999])
-    return np.minimum(y, np.float32(q999 + 3.0 * (q999 - q50)))
+    return float(q999 + 3.0 * (q999 - q50))
 
 
 def _check_plane(y, d, scale, threshold):
-    y = _clip_hot(y)
+    bound = np.float32(hot_bound(y))
+    y = np.minimum(y, bound)  # hot pixels steer no fit and flag nothing, whether the output kept them or not
     a, b = _fit_affine(y, d, scale)
     mu = d * np.float32(a)
     mu += np.float32(b)
+    np.minimum(mu, bound, out=mu)
     g, c = _fit_noise(y, mu, None)
     z, skew = _z_map(y, mu, g, c, scale)
     flagged = _flag(z, skew, threshold)
