@@ -175,17 +175,32 @@ def test_denoise_check_writes_a_consistency_map_and_a_summary_line(tmp_path, tra
     assert "consistency" not in capsys.readouterr().out
 
 
-def test_denoise_check_that_cannot_run_is_that_files_error(tmp_path, trained_model, capsys):
+def test_denoise_check_leaves_missing_pixels_out(tmp_path, trained_model, capsys):
     noisy = simulate(size=128, period=12, dose=8, seed=3).noisy
-    noisy[10:12, 20:30] = np.nan  # denoise keeps NaN pixels NaN; check refuses them
+    noisy[10:12, 20:30] = np.nan  # denoise keeps NaN pixels NaN; the check leaves them out
     write_tiff(tmp_path / "holes.tif", noisy)
     out = tmp_path / "out"
-    rc = main(["denoise", str(tmp_path / "holes.tif"), "-o", str(out), "--model", str(trained_model), "--check"])
+    assert main(["denoise", str(tmp_path / "holes.tif"), "-o", str(out), "--model", str(trained_model), "--check"]) == 0
+    z = read_tiff(out / "holes_consistency.tif").data
+    assert np.isnan(z[10:12, 20:30]).all() and np.isfinite(z[20:, :]).all()
+    assert "holes.tif: consistency: " in capsys.readouterr().out
+
+
+def test_denoise_check_that_cannot_run_is_that_files_error(tmp_path, trained_model, capsys, monkeypatch):
+    from napari_emdenoise import consistency
+
+    def refuse(noisy, denoised, **kw):
+        raise consistency.ConsistencyError("the output does not follow the data (slope -1, correlation -0.9)")
+
+    monkeypatch.setattr(consistency, "check", refuse)
+    write_tiff(tmp_path / "x.tif", simulate(size=128, period=12, dose=8, seed=3).noisy)
+    out = tmp_path / "out"
+    rc = main(["denoise", str(tmp_path / "x.tif"), "-o", str(out), "--model", str(trained_model), "--check"])
     captured = capsys.readouterr()
     assert rc == 1
-    assert "holes.tif: error: consistency check could not run: " in captured.err and "NaN" in captured.err
+    assert "x.tif: error: consistency check could not run: the output does not follow the data" in captured.err
     assert "1 of 1 file(s) failed" in captured.err
-    assert sorted(p.name for p in out.iterdir()) == ["holes_denoised.tif"]  # the output itself is kept
+    assert sorted(p.name for p in out.iterdir()) == ["x_denoised.tif"]  # the output itself is kept
 
 
 def test_denoise_with_a_bad_model_is_one_line(tmp_path, capsys):

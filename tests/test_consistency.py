@@ -71,3 +71,13 @@ def test_bad_pairs_get_one_clear_error():
         check(s.noisy, -s.expected)  # an inverted output
     with pytest.raises(ConsistencyError, match="numbers"):
         check(s.noisy, s.expected.astype(str))
+
+
+def test_pixels_missing_in_data_and_output_alike_are_left_out():
+    s = make_scene(kind="vacancies", size=128, period=10, dose=5, seed=4)
+    data, out = s.noisy.astype(np.float32), s.expected.copy()
+    data[10:20, 30:40] = np.nan
+    out[10:20, 30:40] = np.nan  # denoise() keeps missing pixels missing
+    res = check(data, out)
+    assert np.isnan(res.z[10:20, 30:40]).all() and not res.flagged[10:20, 30:40].any()
+    assert res.regions <= 1

@@ -66,22 +66,16 @@ class Consistency:
         """Share of pixels flagged."""
         return float(self.flagged.mean()) if self.flagged.size else 0.0
 
-    @property
-    def erased(self) -> int:
-        """Flagged regions where the data are brighter than the output (something removed)."""
-        return _count_regions(self.flagged & (self.z > 0))
-
-    @property
-    def invented(self) -> int:
-        """Flagged regions where the output is brighter than the data (something added)."""
-        return _count_regions(self.flagged & (self.z < 0))
+    erased: int = 0  # flagged regions where the data are brighter than the output (something removed)
+    invented: int = 0  # flagged regions where the output is brighter than the data (something added)
 
     def text(self) -> str:
         """One line for people."""
         if self.regions == 0:
             return f"consistent with the data: no region differs beyond noise (|z| > {self.threshold:g})"
-        return (f"{self.regions} region{'s' if self.regions != 1 else ''} disagree with the data beyond noise "
-                f"({100 * self.share:.2f} % of pixels; {self.invented} brighter in the output, "
+        verb = "disagrees" if self.regions == 1 else "disagree"
+        return (f"{self.regions} region{'s' if self.regions != 1 else ''} {verb} with the data beyond noise "
+                f"({100 * self.share:.2f} % of pixels; {self.invented} brighter in the output than in the data, "
                 f"{self.erased} darker): look at the consistency map before trusting them")
 
     def summary(self) -> dict:
@@ -96,7 +90,7 @@ def _count_regions(mask: np.ndarray) -> int:
     return sum(_count_regions(m) for m in mask.reshape(-1, *mask.shape[-2:]))
 
 
-def _as_float(name: str, a) -> np.ndarray:
+def _as_float(name: str, a, allow_nan: bool = False) -> np.ndarray:
     try:
         arr = np.asarray(a)
     except Exception as exc:  # e.g. a ragged list
@@ -105,7 +99,7 @@ def _as_float(name: str, a) -> np.ndarray:
         raise ConsistencyError(f"the {name} image must hold numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float32, copy=False)
     bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
-    if bad:
+    if bad and not allow_nan:
         raise ConsistencyError(f"the {name} image has {bad} NaN or infinite pixels; fill or crop them before checking")
     return arr
 
@@ -121,18 +115,25 @@ def _bin(a: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _fit_affine(y: np.ndarray, d: np.ndarray, scale: float) -> tuple[float, float]:
-    """``a * d + b`` closest to the data; an error when the output does not follow the data."""
-    k = max(1, min(4, int(round(2 * scale)), min(y.shape) // 8))
-    yb, db = _bin(y, k).ravel(), _bin(d, k).ravel()  # column-scale means: noise averaged
-    dv = db - db.mean()
+def _fit_affine(y: np.ndarray, d: np.ndarray, bound: float) -> tuple[float, float]:
+    """``a * d + b`` closest to the data; an error when the output does not follow the data.
+
+    Least squares over a pixel subsample (noise in the data does not bias the slope), leaving out
+    pixels at or above the hot-pixel ``bound``.
+    """
+    step = max(1, int(np.sqrt(y.size / 250_000)))
+    ys, ds = y[::step, ::step].ravel().astype(np.float64), d[::step, ::step].ravel().astype(np.float64)
+    ok = ys < bound
+    if ok.sum() > 0.5 * ok.size:
+        ys, ds = ys[ok], ds[ok]
+    dv = ds - ds.mean()
     var_d = float(dv @ dv)
-    if not var_d > 1e-12 * max(float(np.abs(db).max()) ** 2, 1e-300) * len(db):
+    if not var_d > 1e-12 * max(float(np.abs(ds).max()) ** 2, 1e-300) * len(ds):
         raise ConsistencyError("the output is constant: there is nothing to compare with the data")
-    a = float(dv @ (yb - yb.mean())) / var_d
-    b = float(yb.mean() - a * db.mean())
+    a = float(dv @ (ys - ys.mean())) / var_d
+    b = float(ys.mean() - a * ds.mean())
     kc = max(1, min(8, min(y.shape) // 16))  # correlation over 8 x 8 blocks: noise averaged out even at dose 1
-    yc, dc = _bin(y, kc).ravel(), _bin(d, kc).ravel()
+    yc, dc = _bin(np.minimum(y, np.float32(bound)), kc).ravel(), _bin(d, kc).ravel()
     corr = float(np.corrcoef(yc, dc)[0, 1]) if yc.std() > 0 and dc.std() > 0 else 0.0
     if a <= 0 or not corr > max(0.1, 5.0 / np.sqrt(len(yc))):
         raise ConsistencyError(
@@ -237,19 +238,20 @@ def hot_bound(y: np.ndarray) -> float:
 
 def _check_plane(y, d, scale, threshold):
     bound = np.float32(hot_bound(y))
+    a, b = _fit_affine(y, d, bound)
+    cool = y < bound
     y = np.minimum(y, bound)  # hot pixels steer no fit and flag nothing, whether the output kept them or not
-    a, b = _fit_affine(y, d, scale)
     mu = d * np.float32(a)
     mu += np.float32(b)
     np.minimum(mu, bound, out=mu)
-    g, c = _fit_noise(y, mu, None)
+    g, c = _fit_noise(y, mu, cool)
     z, skew = _z_map(y, mu, g, c, scale)
     flagged = _flag(z, skew, threshold)
     if flagged.mean() > 1e-4:  # refit the noise without what the first pass flagged (and a margin around it)
         step = max(1, int(np.sqrt(y.size / 400_000)))
         grown = ndimage.binary_dilation(flagged[::step, ::step], iterations=max(1, int(round(2 * scale / step))))
-        keep = np.ones(y.shape, bool)
-        keep[::step, ::step] = ~grown
+        keep = cool.copy()
+        keep[::step, ::step] &= ~grown
         g2, c2 = _fit_noise(y, mu, keep)
         if abs(g2 - g) > 0.02 * max(abs(g), 1e-12) or abs(c2 - c) > 0.02 * max(abs(c), 1e-12):
             g, c = g2, c2
@@ -278,11 +280,22 @@ def check(noisy, denoised, *, scale: float | None = None, threshold: float = THR
     column-scale window, 0.15 of the lattice period estimated from the data unless given.
     Works on any output, another program's included: intensities are matched affinely.
     """
-    y = _as_float("noisy", noisy)
-    d = _as_float("denoised", denoised)
+    y = _as_float("noisy", noisy, allow_nan=True)
+    d = _as_float("denoised", denoised, allow_nan=True)
     if y.shape != d.shape:
         raise ConsistencyError(f"the denoised image has shape {d.shape} but the data have {y.shape}: "
                                "compare an output with the very image it came from")
+    holes = ~np.isfinite(y)
+    if holes.any() or not np.isfinite(d).all():
+        # pixels missing in the data may stay missing in the output (denoise() keeps them NaN); nothing else may
+        if not np.array_equal(holes, ~np.isfinite(d)):
+            raise ConsistencyError(
+                f"the denoised image has {int((~np.isfinite(d) & ~holes).sum())} NaN or infinite pixels where the data "
+                f"have numbers (and the data {int(holes.sum())} missing pixels): fill or crop them before checking")
+        if holes.all():
+            raise ConsistencyError("the data have no finite pixels")
+        fill = np.float32(np.median(d[~holes]))
+        y, d = np.where(holes, fill, y), np.where(holes, fill, d)
     if y.ndim < 2 or min(y.shape[-2:]) < 8:
         raise ConsistencyError(f"need 2D images of at least 8 x 8 px (or stacks of them), got shape {y.shape}")
     if not threshold > 0:
@@ -302,4 +315,7 @@ def check(noisy, denoised, *, scale: float | None = None, threshold: float = THR
         fits.append(fit)
     g, c, a, b = (float(np.mean(v)) for v in zip(*fits))
     z, flagged = z.reshape(y.shape), flagged.reshape(y.shape)
-    return Consistency(z, flagged, _count_regions(flagged), float(threshold), scale, g, c, a, b)
+    if holes.any():
+        z[holes], flagged[holes] = np.nan, False
+    return Consistency(z, flagged, _count_regions(flagged), float(threshold), scale, g, c, a, b,
+                       erased=_count_regions(flagged & (z > 0)), invented=_count_regions(flagged & (z < 0)))
