@@ -369,5 +369,5 @@ def figure(run: FidelityRun, path: Path, crop: int = 112) -> Path:
     for r in rows:
         out.paste(r, (0, y))
         y += r.height + 6
-    out.save(path)
+    out.quantize(colors=96).save(path)  # greys and two ring colours: a palette keeps the file small
     return path
