@@ -81,3 +81,21 @@ def test_pixels_missing_in_data_and_output_alike_are_left_out():
     res = check(data, out)
     assert np.isnan(res.z[10:20, 30:40]).all() and not res.flagged[10:20, 30:40].any()
     assert res.regions <= 1
+
+
+def test_any_units_and_clear_limits():
+    s = make_scene(kind="vacancies", size=128, period=10, dose=5, seed=5)
+    bad, _ = _corrupted(s)
+    ref = check(s.noisy, bad).regions
+    assert ref >= 1
+    for unit in (1e-12, 1e20):  # a detector current in amperes, or absurdly large numbers: the same verdict
+        res = check(s.noisy.astype(np.float64) * unit, bad * unit)
+        assert res.regions == ref and res.gain == pytest.approx(check(s.noisy, bad).gain * unit, rel=1e-3)
+    with pytest.raises(ConsistencyError, match="quarter of the image side"):
+        check(s.noisy, bad, scale=200)
+    with pytest.raises(ConsistencyError, match="plane 1"):
+        check(np.stack([s.noisy, s.noisy]), np.stack([bad, np.zeros_like(bad)]))
+    holes = s.noisy.astype(np.float32)
+    holes[5, 5] = np.nan
+    with pytest.raises(ConsistencyError, match="the data have 1 NaN"):
+        check(holes, s.expected)

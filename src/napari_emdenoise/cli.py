@@ -397,6 +397,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import available_methods, markdown_table, run_bench, side_by_side, summary, write_csv
 
     out = args.out if args.out is not None else _new_folder(Path.cwd() / "emdenoise-bench")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out} is a file, not a folder: name a folder for the results")
     if "bm3d" not in available_methods():
         print("note: BM3D is skipped: pip install bm3d to include it", file=sys.stderr)
     if args.fidelity:
@@ -664,6 +666,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     if args.tile < 0 or (args.tile and args.overlap * 2 > args.tile) or args.overlap < 0:
         raise UsageError(f"--overlap must be between 0 and half of --tile ({args.tile}); got {args.overlap}")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"-o {args.out} is a file, not a folder: name a folder for the results")
     try:
         net = resolve_model(args.model)
     except (CheckpointError, FileNotFoundError) as exc:

@@ -90,18 +90,25 @@ def _count_regions(mask: np.ndarray) -> int:
     return sum(_count_regions(m) for m in mask.reshape(-1, *mask.shape[-2:]))
 
 
-def _as_float(name: str, a, allow_nan: bool = False) -> np.ndarray:
+def _as_float(name: str, a) -> tuple[np.ndarray, float]:
+    """The image as float32 divided by a power-of-two unit (so amperes, counts and 1e20 all work), and that unit."""
     try:
         arr = np.asarray(a)
     except Exception as exc:  # e.g. a ragged list
         raise ConsistencyError(f"the {name} image is not an array: {exc}") from None
     if arr.dtype.kind not in "uif" or arr.dtype == np.bool_:
         raise ConsistencyError(f"the {name} image must hold numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float32, copy=False)
-    bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
-    if bad and not allow_nan:
-        raise ConsistencyError(f"the {name} image has {bad} NaN or infinite pixels; fill or crop them before checking")
-    return arr
+    if arr.ndim < 2 or min(arr.shape[-2:]) < 8:
+        raise ConsistencyError(f"need 2D images of at least 8 x 8 px (or stacks of them), got shape {arr.shape} for the {name}")
+    sub = arr[..., :: max(1, arr.shape[-2] // 128), :: max(1, arr.shape[-1] // 128)].astype(np.float64)
+    sub = np.abs(sub[np.isfinite(sub)])
+    peak = float(sub.max()) if sub.size else 0.0
+    unit = 2.0 ** np.round(np.log2(peak)) if peak > 0 and np.isfinite(peak) else 1.0
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 or unit != 1.0:
+        arr = (arr.astype(np.float64) / unit).astype(np.float32)
+    else:
+        arr = arr.astype(np.float32, copy=False)
+    return arr, unit
 
 
 def _bin(a: np.ndarray, k: int) -> np.ndarray:
@@ -134,7 +141,7 @@ def _fit_affine(y: np.ndarray, d: np.ndarray, bound: float) -> tuple[float, floa
     b = float(ys.mean() - a * ds.mean())
     kc = max(1, min(8, min(y.shape) // 16))  # correlation over 8 x 8 blocks: noise averaged out even at dose 1
     yc, dc = _bin(np.minimum(y, np.float32(bound)), kc).ravel(), _bin(d, kc).ravel()
-    corr = float(np.corrcoef(yc, dc)[0, 1]) if yc.std() > 0 and dc.std() > 0 else 0.0
+    corr = float(np.corrcoef(yc.astype(np.float64), dc.astype(np.float64))[0, 1]) if yc.std() > 0 and dc.std() > 0 else 0.0
     if a <= 0 or not corr > max(0.1, 5.0 / np.sqrt(len(yc))):
         raise ConsistencyError(
             f"the output does not follow the data (slope {a:.3g}, correlation {corr:.2f} with the data at the column scale): "
@@ -280,30 +287,35 @@ def check(noisy, denoised, *, scale: float | None = None, threshold: float = THR
     column-scale window, 0.15 of the lattice period estimated from the data unless given.
     Works on any output, another program's included: intensities are matched affinely.
     """
-    y = _as_float("noisy", noisy, allow_nan=True)
-    d = _as_float("denoised", denoised, allow_nan=True)
+    y, unit_y = _as_float("noisy", noisy)
+    d, unit_d = _as_float("denoised", denoised)
     if y.shape != d.shape:
         raise ConsistencyError(f"the denoised image has shape {d.shape} but the data have {y.shape}: "
                                "compare an output with the very image it came from")
+    try:
+        threshold = float(threshold)
+        scale = None if scale is None else float(scale)
+    except (TypeError, ValueError):
+        raise ConsistencyError(f"threshold and scale must be numbers, got {threshold!r} and {scale!r}") from None
     holes = ~np.isfinite(y)
-    if holes.any() or not np.isfinite(d).all():
+    d_holes = ~np.isfinite(d)
+    if holes.any() or d_holes.any():
         # pixels missing in the data may stay missing in the output (denoise() keeps them NaN); nothing else may
-        if not np.array_equal(holes, ~np.isfinite(d)):
-            raise ConsistencyError(
-                f"the denoised image has {int((~np.isfinite(d) & ~holes).sum())} NaN or infinite pixels where the data "
-                f"have numbers (and the data {int(holes.sum())} missing pixels): fill or crop them before checking")
-        if holes.all():
-            raise ConsistencyError("the data have no finite pixels")
-        fill = np.float32(np.median(d[~holes]))
+        if (d_holes & ~holes).any():
+            raise ConsistencyError(f"the denoised image has {int((d_holes & ~holes).sum())} NaN or infinite pixels where "
+                                   "the data have numbers: fill or crop them before checking")
+        if (holes & ~d_holes).any():
+            raise ConsistencyError(f"the data have {int((holes & ~d_holes).sum())} NaN or infinite pixels where the output "
+                                   "has numbers: set those output pixels to NaN too, or crop them, before checking")
+        fill = np.float32(np.median(d[~holes])) if (~holes).any() else np.float32(0)
         y, d = np.where(holes, fill, y), np.where(holes, fill, d)
-    if y.ndim < 2 or min(y.shape[-2:]) < 8:
-        raise ConsistencyError(f"need 2D images of at least 8 x 8 px (or stacks of them), got shape {y.shape}")
     if not threshold > 0:
         raise ConsistencyError(f"threshold must be positive (sigma), got {threshold}")
     if scale is None:
         scale = column_scale(y)
-    if not (np.isfinite(scale) and scale > 0):
-        raise ConsistencyError(f"scale must be a positive number of px, got {scale}")
+    if not (np.isfinite(scale) and 0 < scale <= min(y.shape[-2:]) / 4):
+        raise ConsistencyError(f"scale must be a positive number of px, at most a quarter of the image side "
+                               f"({min(y.shape[-2:]) / 4:g}), got {scale}")
     scale = max(float(scale), MIN_SCALE)
     planes_y = y.reshape(-1, *y.shape[-2:])
     planes_d = d.reshape(-1, *d.shape[-2:])
@@ -311,9 +323,17 @@ def check(noisy, denoised, *, scale: float | None = None, threshold: float = THR
     flagged = np.empty(planes_y.shape, bool)
     fits = []
     for i, (py, pd) in enumerate(zip(planes_y, planes_d)):
-        z[i], flagged[i], fit = _check_plane(py, pd, scale, threshold)
+        try:
+            z[i], flagged[i], fit = _check_plane(py, pd, scale, threshold)
+        except ConsistencyError as exc:
+            if len(planes_y) == 1:
+                raise
+            raise ConsistencyError(f"plane {i}: {exc}") from None
         fits.append(fit)
     g, c, a, b = (float(np.mean(v)) for v in zip(*fits))
+    # back to the caller's units
+    with np.errstate(over="ignore"):  # data near the float64 limit: the variance offset may be inf
+        g, c, a, b = g * unit_y, c * unit_y**2, a * unit_y / unit_d, b * unit_y
     z, flagged = z.reshape(y.shape), flagged.reshape(y.shape)
     if holes.any():
         z[holes], flagged[holes] = np.nan, False

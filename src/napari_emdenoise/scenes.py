@@ -88,8 +88,8 @@ class SceneParams:
             raise ValueError(f"scene size must be at least 32 px per side, got {size}")
         if not 2.0 <= self.period <= 96.0:
             raise ValueError(f"period must be between 2 and 96 px, got {self.period}")
-        if not self.dose > 0 or not self.gain > 0:
-            raise ValueError(f"dose and gain must be positive, got dose {self.dose}, gain {self.gain}")
+        if not (0 < self.dose < 1e7 and 0 < self.gain < 1e6):
+            raise ValueError(f"dose (counts/px) must be in (0, 1e7) and gain in (0, 1e6), got dose {self.dose}, gain {self.gain}")
         if not 0 < self.width < 0.5:
             raise ValueError(f"width is the column sigma as a share of the period, in (0, 0.5); got {self.width}")
         if not 0 <= self.dent_depth < 1:
