@@ -104,11 +104,13 @@ def _as_float(name: str, a) -> tuple[np.ndarray, float]:
     sub = np.abs(sub[np.isfinite(sub)])
     peak = float(sub.max()) if sub.size else 0.0
     unit = 2.0 ** np.round(np.log2(peak)) if peak > 0 and np.isfinite(peak) else 1.0
-    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 or unit != 1.0:
-        arr = (arr.astype(np.float64) / unit).astype(np.float32)
-    else:
-        arr = arr.astype(np.float32, copy=False)
-    return arr, unit
+    if 2.0**-10 <= unit <= 2.0**20:  # detector values, counts, normalised images: float32 as they are (fast)
+        return arr.astype(np.float32, copy=False), 1.0
+    if unit < 2.0**100 and arr.dtype.itemsize <= 4:
+        out = arr.astype(np.float32)
+        out *= np.float32(1.0 / unit)
+        return out, unit
+    return (arr.astype(np.float64) / unit).astype(np.float32), unit
 
 
 def _bin(a: np.ndarray, k: int) -> np.ndarray:
