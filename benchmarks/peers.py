@@ -137,7 +137,6 @@ def fidelity_main(args, py: Path) -> int:
     import torch
 
     from napari_emdenoise import fidelity
-    from napari_emdenoise.bench import write_csv
 
     scenes = list(fidelity.suite(args.quick))
     try:
@@ -145,28 +144,25 @@ def fidelity_main(args, py: Path) -> int:
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1
-    by_seed = {s.params.seed: k for k, (_, s) in enumerate(scenes)}
+    key = {s.params.seed: f"i{k}" for k, (_, s) in enumerate(scenes)}  # scene -> its name in the peer's files
     name = f"tk_r_em {args.network}"
 
     def tk_r_em(scene):
-        return peer[f"i{by_seed[scene.params.seed]}"]
+        return peer[key[scene.params.seed]]
 
     methods = fidelity.classical_methods()
     methods[name] = tk_r_em
     methods["model"] = fidelity.model_method(None)
     run = fidelity.run_fidelity(methods, args.quick, progress=lambda n, m: print(f"{n:28s} {m}", file=sys.stderr))
+    by_name = {n: key[s.params.seed] for n, s in scenes}
     for row in run.rows:  # the peer's time is its own network's, measured in its process
         if row["method"] == name:
-            row["seconds"] = child["seconds"][f"i{[n for n, _ in scenes].index(row['scene'])}"]
-    summ = fidelity.summary(run.rows)
+            row["seconds"] = child["seconds"][by_name[row["scene"]]]
+    summ = fidelity.write_report(run, args.out) if args.out else fidelity.summary(run.rows)
     print(f"\nCPU: {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"tensorflow {child['tensorflow']}")
     print(fidelity.markdown_table(summ))
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_csv(run.rows, args.out / "fidelity.csv")
-        write_csv(summ, args.out / "fidelity_summary.csv")
-        fidelity.figure(run, args.out / "fidelity.png")
         print(f"written to {args.out}")
     return 0
 

@@ -370,7 +370,6 @@ def _cmd_fidelity(args: argparse.Namespace, out: Path) -> int:
     from tqdm import tqdm
 
     from . import fidelity
-    from .bench import write_csv
     from .checkpoints import CheckpointError
 
     methods = fidelity.classical_methods()
@@ -383,12 +382,7 @@ def _cmd_fidelity(args: argparse.Namespace, out: Path) -> int:
     n = len(fidelity.QUICK if args.quick else fidelity.SUITE) * len(methods)
     with tqdm(total=n, desc="fidelity", unit="run", disable=None, leave=False) as bar:
         run = fidelity.run_fidelity(methods, args.quick, progress=lambda *_: bar.update())
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(run.rows, out / "fidelity.csv")
-    summ = fidelity.summary(run.rows)
-    write_csv(summ, out / "fidelity_summary.csv")
-    fidelity.figure(run, out / "fidelity.png")
-    print(fidelity.markdown_table(summ))
+    print(fidelity.markdown_table(fidelity.write_report(run, out)))
     print(f"written to {out}")
     return 0
 

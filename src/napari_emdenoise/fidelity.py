@@ -67,13 +67,20 @@ def suite(quick: bool = False) -> Iterator[tuple[str, Scene]]:
 
 
 # --------------------------------------------------------------------------- measuring stick
+BAND_KEYS = [f"{int(lo * 100)}-{int(hi * 100)}%" for lo, hi in LIGHT_BANDS]
+
+
+def above_background(image: np.ndarray, scene: Scene, sigma: float) -> np.ndarray:
+    """The image smoothed at ``sigma`` px minus its local background (a minimum filter over one period, smoothed)."""
+    smooth = ndimage.gaussian_filter(image.astype(np.float64), max(0.5, sigma))
+    bg = ndimage.gaussian_filter(ndimage.minimum_filter(smooth, size=max(3, int(round(scene.period)))), scene.period / 2)
+    return smooth - bg
+
+
 def heights(image: np.ndarray, scene: Scene) -> np.ndarray:
     """Column height at every true position: smoothed value minus the local background."""
-    img = image.astype(np.float64)
-    smooth = ndimage.gaussian_filter(img, max(0.5, 0.6 * scene.sigma))
-    bg = ndimage.gaussian_filter(ndimage.minimum_filter(smooth, size=max(3, int(round(scene.period)))), scene.period / 2)
-    pos = scene.positions.T
-    return ndimage.map_coordinates(smooth - bg, pos, order=1, mode="nearest")
+    return ndimage.map_coordinates(above_background(image, scene, 0.6 * scene.sigma), scene.positions.T, order=1,
+                                   mode="nearest")
 
 
 def _inner(scene: Scene, margin: float) -> np.ndarray:
@@ -142,8 +149,7 @@ def measure(scene: Scene, output: np.ndarray) -> dict:
     # light columns by band of their true ratio to the heavy columns
     light = ok & (lab == LIGHT)
     heavy = ok & (lab == HEAVY)
-    for b, (lo, hi) in enumerate(LIGHT_BANDS):
-        key = f"{int(lo * 100)}-{int(hi * 100)}%"
+    for key, (lo, hi) in zip(BAND_KEYS, LIGHT_BANDS):
         if light.any() and heavy.any():
             ratio_w = scene.weights[light] / np.median(scene.weights[heavy])
             sel = (ratio_w >= lo) & (ratio_w < hi)
@@ -168,9 +174,7 @@ def measure(scene: Scene, output: np.ndarray) -> dict:
     if vac_region.sum() >= 64:
         real = np.isin(lab, [HEAVY, LIGHT, DOPANT, ADATOM, AMORPHOUS])
         weak = np.median(h_true[real & ok]) if (real & ok).any() else np.inf
-        smooth = ndimage.gaussian_filter(out, max(0.5, scene.sigma))
-        bg = ndimage.gaussian_filter(ndimage.minimum_filter(smooth, size=max(3, int(round(scene.period)))), scene.period / 2)
-        peaks = peak_local_max(smooth - bg, min_distance=max(1, int(scene.period / 3)), threshold_abs=0.5 * weak,
+        peaks = peak_local_max(above_background(out, scene, scene.sigma), min_distance=max(1, int(scene.period / 3)), threshold_abs=0.5 * weak,
                                exclude_border=False)
         r["false_atoms_vacuum"] = int(vac_region[peaks[:, 0], peaks[:, 1]].sum()) if len(peaks) else 0
     else:
@@ -287,8 +291,7 @@ def summary(rows: list[dict]) -> list[dict]:
             "dopants_found": found, "dopants": total, "dopant_contrast_error": _mean(rs, "dopant_contrast_error"),
             "false_dopants": int(sum(r["false_dopants"] for r in rs)),
         }
-        for lo, hi in LIGHT_BANDS:
-            key = f"{int(lo * 100)}-{int(hi * 100)}%"
+        for key in BAND_KEYS:
             row[f"light_error_{key}"] = _mean(rs, f"light_error_{key}")
             row[f"light_recall_{key}"] = _mean(rs, f"light_recall_{key}")
         row.update(
@@ -303,13 +306,25 @@ def summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+def write_report(run: FidelityRun, out: Path) -> list[dict]:
+    """fidelity.csv (per scene and method), fidelity_summary.csv and fidelity.png in ``out``; returns the summary."""
+    from .bench import write_csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(run.rows, out / "fidelity.csv")
+    summ = summary(run.rows)
+    write_csv(summ, out / "fidelity_summary.csv")
+    figure(run, out / "fidelity.png")
+    return summ
+
+
 def _f(v, fmt) -> str:
     return "-" if v != v else format(v, fmt)
 
 
 def markdown_table(summ: list[dict]) -> str:
     """Two Markdown tables: what was kept, and image quality by region."""
-    bands = [f"{int(lo * 100)}-{int(hi * 100)}%" for lo, hi in LIGHT_BANDS]
+    bands = BAND_KEYS
     a = ["| method | vacancies filled (heavy / light) | dopants found | dopant contrast error | false dopants | "
          + " | ".join(f"light {b}: error / recall" for b in bands) + " |",
          "|---|---|---|---|---|" + "---|" * len(bands)]
