@@ -90,8 +90,9 @@ def _count_regions(mask: np.ndarray) -> int:
     return sum(_count_regions(m) for m in mask.reshape(-1, *mask.shape[-2:]))
 
 
-def _as_float(name: str, a) -> tuple[np.ndarray, float]:
-    """The image as float32 divided by a power-of-two unit (so amperes, counts and 1e20 all work), and that unit."""
+def _as_float(name: str, a) -> tuple[np.ndarray, float, bool]:
+    """The image as float32 divided by a power-of-two unit (so amperes, counts and 1e20 all work), that unit, and
+    whether it came as floats (only floats can hold NaN or infinite pixels)."""
     try:
         arr = np.asarray(a)
     except Exception as exc:  # e.g. a ragged list
@@ -104,13 +105,14 @@ def _as_float(name: str, a) -> tuple[np.ndarray, float]:
     sub = np.abs(sub[np.isfinite(sub)])
     peak = float(sub.max()) if sub.size else 0.0
     unit = 2.0 ** np.round(np.log2(peak)) if peak > 0 and np.isfinite(peak) else 1.0
+    floating = arr.dtype.kind == "f"
     if 2.0**-10 <= unit <= 2.0**20:  # detector values, counts, normalised images: float32 as they are (fast)
-        return arr.astype(np.float32, copy=False), 1.0
+        return arr.astype(np.float32, copy=False), 1.0, floating
     if unit < 2.0**100 and arr.dtype.itemsize <= 4:
         out = arr.astype(np.float32)
         out *= np.float32(1.0 / unit)
-        return out, unit
-    return (arr.astype(np.float64) / unit).astype(np.float32), unit
+        return out, unit, floating
+    return (arr.astype(np.float64) / unit).astype(np.float32), unit, floating
 
 
 def _bin(a: np.ndarray, k: int) -> np.ndarray:
@@ -289,8 +291,8 @@ def check(noisy, denoised, *, scale: float | None = None, threshold: float = THR
     column-scale window, 0.15 of the lattice period estimated from the data unless given.
     Works on any output, another program's included: intensities are matched affinely.
     """
-    y, unit_y = _as_float("noisy", noisy)
-    d, unit_d = _as_float("denoised", denoised)
+    y, unit_y, y_float = _as_float("noisy", noisy)
+    d, unit_d, d_float = _as_float("denoised", denoised)
     if y.shape != d.shape:
         raise ConsistencyError(f"the denoised image has shape {d.shape} but the data have {y.shape}: "
                                "compare an output with the very image it came from")
@@ -299,8 +301,9 @@ def check(noisy, denoised, *, scale: float | None = None, threshold: float = THR
         scale = None if scale is None else float(scale)
     except (TypeError, ValueError):
         raise ConsistencyError(f"threshold and scale must be numbers, got {threshold!r} and {scale!r}") from None
-    holes = ~np.isfinite(y)
-    d_holes = ~np.isfinite(d)
+    no_holes = np.zeros(y.shape, bool)
+    holes = ~np.isfinite(y) if y_float else no_holes  # integer data (detector values) need no pass over the pixels
+    d_holes = ~np.isfinite(d) if d_float else no_holes
     if holes.any() or d_holes.any():
         # pixels missing in the data may stay missing in the output (denoise() keeps them NaN); nothing else may
         if (d_holes & ~holes).any():
