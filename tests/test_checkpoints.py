@@ -188,3 +188,40 @@ def test_weights_for_another_architecture_are_named(tmp_path):
 def test_missing_model_file(tmp_path):
     with pytest.raises(CheckpointError, match="no such model file"):
         load_generator(tmp_path / "nope.pth")
+
+
+def test_linear_output_residual_clip_and_period_range_round_trip(tmp_path):
+    import torch
+
+    from napari_emdenoise.checkpoints import ModelInfo, load_checkpoint, save_generator
+    from napari_emdenoise.nets import GeneratorConfig, build_generator
+
+    cfg = GeneratorConfig("resnet_6blocks", ngf=4, final="linear", residual=True)
+    net = build_generator(cfg)
+    path = save_generator(tmp_path / "m.safetensors", net, ModelInfo(config=cfg, period=9.0, clip=8.0, period_range=(5.0, 17.0)))
+    back, info = load_checkpoint(path)
+    assert (info.clip, info.period_range, info.config.final, info.config.residual) == (8.0, (5.0, 17.0), "linear", True)
+    x = torch.randn(1, 1, 32, 32) * 3
+    with torch.no_grad():
+        assert torch.equal(back(x), net.eval()(x))
+        back.model[-2].weight.zero_()  # the last convolution: a residual network then returns its input
+        back.model[-2].bias.zero_()
+        assert torch.equal(back(x), x) and back(x).abs().max() > 1  # nothing bounds a linear output to [-1, 1]
+    with pytest.raises(ValueError, match="final activation"):
+        GeneratorConfig(final="sigmoid")
+
+
+def test_a_damaged_period_range_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    from napari_emdenoise.checkpoints import CheckpointError, ModelInfo, load_checkpoint, save_generator
+    from napari_emdenoise.nets import GeneratorConfig, build_generator
+
+    cfg = GeneratorConfig("resnet_6blocks", ngf=4)
+    path = save_generator(tmp_path / "m.safetensors", build_generator(cfg), ModelInfo(config=cfg, period=9.0, period_range=(5.0, 17.0)))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file(load_file(path), tmp_path / "bad.safetensors", metadata={**meta, "period_range": "[17, 5]"})
+    with pytest.raises(CheckpointError, match="metadata is damaged"):
+        load_checkpoint(tmp_path / "bad.safetensors")

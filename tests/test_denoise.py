@@ -208,12 +208,18 @@ def test_the_bundled_default_model_is_used_when_none_is_given():
     from napari_emdenoise.inference import DEFAULT_MODEL
 
     assert DEFAULT_MODEL.is_file() and DEFAULT_MODEL.stat().st_size < 5 * 2**20
+    info = load_generator(DEFAULT_MODEL).emdenoise_info
+    assert info.description.startswith("bundled default") and info.clip > 5
+    lo, hi = info.period_range
+    assert lo < 6 and hi > 14  # trained at every scale in between: no resampling there
     sim = simulate(size=(256, 256), period=14, dose=4, dents=1, seed=21)
-    with pytest.warns(DenoiseWarning, match="resampled"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DenoiseWarning)  # inside the range: nothing to warn about
         out = denoise(sim.noisy)
     assert _psnr(out, sim.clean) > _psnr(sim.noisy, sim.clean) + 5
-    info = load_generator(DEFAULT_MODEL).emdenoise_info
-    assert info.period and info.description.startswith("paired training")
+    coarse = simulate(size=(256, 256), period=40, dose=4, seed=22)
+    with pytest.warns(DenoiseWarning, match="outside the model's trained range"):
+        denoise(coarse.noisy)
 
 
 @pytest.mark.parametrize("tile, overlap", [(192, 32), (256, 64), (512, 64)])
@@ -227,3 +233,17 @@ def test_the_bundled_model_tiled_equals_whole_image_within_one_percent(tile, ove
         whole = denoise(sim.noisy, net, tile=None, device="cpu")
         tiled = denoise(sim.noisy, net, tile=tile, overlap=overlap, device="cpu")
     assert np.abs(tiled - whole).max() < 0.01 * (whole.max() - whole.min())
+
+
+def test_a_model_with_a_period_range_resamples_only_images_outside_it():
+    from napari_emdenoise.checkpoints import ModelInfo
+    from napari_emdenoise.inference import plan_rescale
+
+    info = ModelInfo(period=10.0, period_range=(6.0, 18.0))
+    img = np.zeros((64, 64), np.float32)
+    assert plan_rescale(img, info, period=12.0).scale == 1.0
+    assert plan_rescale(img, info, period=17.9).scale == 1.0
+    low = plan_rescale(img, info, period=4.0)
+    assert low.scale == pytest.approx(1.5) and low.notify and "outside" in low.note
+    assert plan_rescale(img, info, period=36.0).scale == pytest.approx(0.5)
+    assert plan_rescale(img, ModelInfo(period=10.0), period=12.0).scale == pytest.approx(10 / 12)  # no range: to the period

@@ -177,3 +177,17 @@ def test_bf16_trains_and_is_recorded(tmp_path, data):
     saved = TrainConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text()))
     assert saved.precision == "bf16"
     assert np.isfinite(denoise(noisy[0], path, tile=None)).all()
+
+
+def test_training_without_rescaling_records_its_period_range_and_clip(tmp_path, data):
+    noisy, clean, _ = data
+    cfg = TrainConfig(mode="paired", iterations=2, rescale=False, clip=8.0, **TINY)
+    info = load_generator(run(train(noisy, clean, tmp_path / "a", cfg))).emdenoise_info
+    lo, hi = info.period_range
+    assert 10 < lo <= info.period <= hi < 14 and info.clip == 8.0  # the three images are all at 12 px
+    given = TrainConfig(mode="paired", iterations=1, rescale=False, period_range=(5.0, 20.0), **TINY)
+    assert load_generator(run(train(noisy, clean, tmp_path / "b", given))).emdenoise_info.period_range == (5.0, 20.0)
+    with pytest.raises(TrainingError, match="period range"):
+        run(train(noisy, clean, tmp_path / "c", TrainConfig(mode="paired", rescale=False, period_range=(9.0, 4.0), **TINY)))
+    with pytest.raises(TrainingError, match="clip"):
+        run(train(noisy, clean, tmp_path / "d", TrainConfig(mode="paired", clip=0.5, **TINY)))

@@ -46,6 +46,10 @@ class ModelInfo:
     norm_low: float = 0.5
     norm_high: float = 99.5
     period: float | None = None  # training pixels per lattice period; None: unknown, no rescaling
+    # normalised input is clipped to [-clip, clip] (hot pixels); 3 for the reference-era models
+    clip: float = 3.0
+    # periods (px) the model was trained on without resampling; None: only ``period``
+    period_range: tuple[float, float] | None = None
     description: str = ""
     source: str = ""  # the file it came from
     format: str = "reference"  # "reference" or FORMAT
@@ -56,8 +60,9 @@ class ModelInfo:
             "format": FORMAT,
             "format_version": str(FORMAT_VERSION),
             "config": json.dumps(self.config.to_dict(), sort_keys=True),
-            "normalization": json.dumps({"method": "percentile", "low": self.norm_low, "high": self.norm_high}),
+            "normalization": json.dumps({"method": "percentile", "low": self.norm_low, "high": self.norm_high, "clip": self.clip}),
             "period": json.dumps(self.period),
+            "period_range": json.dumps(list(self.period_range) if self.period_range else None),
             "description": self.description,
         }
 
@@ -231,11 +236,19 @@ def load_checkpoint(path: str | os.PathLike, config: GeneratorConfig | None = No
         cfg = GeneratorConfig(**json.loads(meta["config"]))
         norm = json.loads(meta.get("normalization", "{}"))
         period = json.loads(meta.get("period", "null"))
-    except (KeyError, TypeError, ValueError) as exc:
+        prange = json.loads(meta.get("period_range", "null"))
+        prange = (float(prange[0]), float(prange[1])) if prange else None
+        clip = float(norm.get("clip", 3.0))
+        if prange and not 0 < prange[0] <= prange[1] < float("inf"):
+            raise ValueError(f"period range {prange} is not two positive periods in order")
+        if not clip > 1:
+            raise ValueError(f"input clip {clip} must be above 1")
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CheckpointError(f"'{path.name}': its metadata is damaged ({exc}); re-export the model.") from exc
     info = ModelInfo(
         config=config or cfg, norm_low=float(norm.get("low", 0.5)), norm_high=float(norm.get("high", 99.5)),
-        period=float(period) if period else None, description=meta.get("description", ""), source=str(path), format=FORMAT,
+        period=float(period) if period else None, clip=clip, period_range=prange, description=meta.get("description", ""),
+        source=str(path), format=FORMAT,
     )
     return _build_and_load(sd, info.config, path.name), info
 

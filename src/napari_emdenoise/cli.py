@@ -195,6 +195,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="crops per iteration (default: the model preset's)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (constant, then linear decay to 0)")
     p.add_argument("--period", type=float, default=None, help="px per lattice period to train at (default: median of the noisy images)")
+    p.add_argument("--no-rescale", action="store_true",
+                   help="train on every image at its own scale (data spanning the periods to work at, e.g. from 'emdenoise scenes'); "
+                        "the model records the range and denoise resamples only images outside it")
+    p.add_argument("--period-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="with --no-rescale: the period range (px) to record (default: 5th-95th percentile of the noisy images' periods)")
+    p.add_argument("--final", choices=["tanh", "linear"], default="tanh",
+                   help="the generator's last activation: tanh (reference, output within the input's 0.5-99.5 %% range) or linear "
+                        "(room for dopants and particles brighter than the range)")
+    p.add_argument("--residual", action="store_true", help="the generator adds its output to its input (learns the correction)")
+    p.add_argument("--clip", type=float, default=3.0,
+                   help="normalised input is clipped to +-CLIP (hot pixels); 3 clips heavy dopants, 8 keeps them")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="compute device")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: mixed precision (autocast) on GPUs with bfloat16 units; fp32 everywhere else")
@@ -202,6 +213,32 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed and data on a CPU: same weights)")
     p.add_argument("--resume", action="store_true", help="continue the run in -o from its last checkpoint")
     p.set_defaults(func=_cmd_train)
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(what: str):
+    """The first Ctrl-C (or SIGINT) only sets the yielded event, so long work can stop at a consistent point; a
+    second one raises KeyboardInterrupt as usual."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\nCtrl-C: {what} (press it again to quit at once)", file=sys.stderr)
+
+    try:
+        old = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _read_folder_images(paths: list[Path], what: str) -> tuple[list[np.ndarray], list[str]]:
@@ -221,7 +258,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .train import PRESETS, TrainConfig, TrainingError, load_run_config, train
+    from .train import CONFIG, PRESETS, STATE, TrainConfig, TrainingError, load_run_config, train
 
     if not args.noisy or not args.clean:
         raise UsageError("--noisy and --clean are both needed (also with --resume)")
@@ -231,14 +268,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             cfg = load_run_config(args.out)
         else:
-            if (args.out / "config.json").exists():
+            if (args.out / CONFIG).exists():
                 raise UsageError(f"'{args.out}' already holds a run; use --resume to continue it or another -o")
             overrides = {k: v for k, v in (("crop", args.crop), ("batch_size", args.batch_size)) if v is not None}
-            if args.ngf is not None:
-                overrides["generator"] = replace(PRESETS[args.model]["generator"], ngf=args.ngf)
+            gen_cfg = PRESETS[args.model]["generator"]
+            overrides["generator"] = replace(gen_cfg, ngf=args.ngf or gen_cfg.ngf, final=args.final, residual=args.residual)
+            if args.period_range and not args.no_rescale:
+                raise UsageError("--period-range goes with --no-rescale")
             cfg = TrainConfig.from_preset(args.model, mode=args.mode, iterations=args.iters, lr=args.lr, period=args.period,
                                           device=args.device, checkpoint_every=args.checkpoint_every, seed=args.seed,
-                                          precision=args.precision, **overrides)
+                                          precision=args.precision, rescale=not args.no_rescale, clip=args.clip,
+                                          period_range=tuple(args.period_range) if args.period_range else None, **overrides)
         if cfg.mode == "paired":
             by_name = dict(zip(clean_names, clean))
             missing = [n for n in noisy_names if n not in by_name]
@@ -248,21 +288,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         gen = train(noisy, clean, args.out, None if args.resume else cfg, noisy_names=noisy_names,
                     clean_names=clean_names, resume=args.resume)
         bar = tqdm(total=cfg.iterations, desc=f"train {cfg.mode}", unit="it", disable=None)
-        try:
-            for event in gen:
-                if bar.n == 0:
-                    bar.n = event.iteration - 1
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in list(event.losses.items())[:4]}, refresh=False)
-        except KeyboardInterrupt:
-            gen.close()
-            bar.close()
-            if bar.n:
+        with _stop_on_interrupt("training stops after this iteration and saves a checkpoint") as stop:
+            try:
+                for event in gen:
+                    if bar.n == 0:
+                        bar.n = event.iteration - 1
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in list(event.losses.items())[:4]}, refresh=False)
+                    if stop.is_set():  # closing at a yield ends a complete iteration: the generator saves it
+                        gen.close()
+                        break
+            except KeyboardInterrupt:  # a second Ctrl-C: quit now; the last complete checkpoint stays as it was
+                bar.close()
+                print(f"stopped at once; {args.out} keeps its last checkpoint, if any", file=sys.stderr)
+                return 130
+        bar.close()
+        if stop.is_set():
+            if (args.out / STATE).is_file():
                 print(f"stopped; checkpoint saved in {args.out} (continue with --resume)", file=sys.stderr)
             else:
                 print("stopped before the first iteration; nothing was saved", file=sys.stderr)
             return 130
-        bar.close()
     except TrainingError as exc:
         raise UsageError(str(exc)) from None
     print(f"done: {args.out / 'denoiser.safetensors'} (denoise with: emdenoise denoise IN -o OUT --model "
@@ -503,6 +549,51 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- scenes
+def _add_scenes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "scenes",
+        help="write a varied training set of specimen scenes (vacancies, dopants, light columns, amorphous, particles...)",
+        description=(
+            "Draw N specimen scenes (the fidelity benchmark's simulator, every setting varied: kind, period, dose, optics, "
+            "scan and detector) and write OUT/noisy/NAME.tif (uint16 detector values), OUT/clean/NAME.tif (the noise-free "
+            "truth in the same detector units) and OUT/scenes.json. For 'emdenoise train --mode paired --no-rescale'. "
+            "Seeds 9000-9999 belong to the fidelity benchmark and are refused."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument("--n", type=int, default=100, help="number of scenes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first scene (scene i uses seed + i)")
+    p.add_argument("--size", type=int, default=384, help="scene side in px")
+    p.add_argument("--period-range", type=float, nargs=2, default=(6.0, 24.0), metavar=("LOW", "HIGH"), help="lattice periods, px")
+    p.add_argument("--dose-range", type=float, nargs=2, default=(0.8, 40.0), metavar=("LOW", "HIGH"), help="counts per px")
+    p.add_argument("--jobs", type=int, default=1, help="scenes simulated at a time (processes)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing set in OUT")
+    p.set_defaults(func=_cmd_scenes)
+
+
+def _cmd_scenes(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ._drive import drive
+    from .scenes import write_training_set
+
+    if (args.out / "scenes.json").exists() and not args.overwrite:
+        raise UsageError(f"'{args.out}' already holds a scene set; use --overwrite or another -o")
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    try:
+        gen = write_training_set(args.out, args.n, args.seed, size=args.size, periods=tuple(args.period_range),
+                                 doses=tuple(args.dose_range), jobs=args.jobs)
+        with tqdm(total=args.n, desc="scenes", unit="img", disable=None) as bar:
+            meta = drive(gen, lambda n: bar.update(n - bar.n))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {args.n} noisy/clean scene pairs to {args.out} ({meta.name} lists their parameters)")
+    return 0
+
+
 # --------------------------------------------------------------------------- info
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -727,6 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_train(sub)
     _add_simulate(sub)
+    _add_scenes(sub)
     _add_info(sub)
     return parser
 

@@ -24,7 +24,7 @@ from .checkpoints import ModelInfo, load_generator, model_info
 from .lattice import estimate_period, resample
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "default.safetensors"
-CLIP = 3.0  # normalised input is clipped to [-CLIP, CLIP]: hot pixels cannot dominate a tile
+CLIP = 3.0  # default: normalised input is clipped to [-CLIP, CLIP]: hot pixels cannot dominate a tile (models record their own)
 RESCALE_TOLERANCE = 0.03  # relative scale mismatch below which the image is not resampled
 
 
@@ -101,8 +101,8 @@ def resolve_model(model: str | os.PathLike | nn.Module | None) -> nn.Module:
     return load_generator(model)
 
 
-def normalize(image: np.ndarray, low: float, high: float) -> tuple[np.ndarray, float, float]:
-    """Map the [low, high] percentiles of the finite pixels to [-1, 1] (clipped at +-CLIP)."""
+def normalize(image: np.ndarray, low: float, high: float, clip: float = CLIP) -> tuple[np.ndarray, float, float]:
+    """Map the [low, high] percentiles of the finite pixels to [-1, 1] (clipped at +-clip)."""
     finite = image[np.isfinite(image)]
     lo, hi = (float(v) for v in np.percentile(finite, [low, high]))
     if not hi > lo:
@@ -110,7 +110,7 @@ def normalize(image: np.ndarray, low: float, high: float) -> tuple[np.ndarray, f
     if not hi > lo:
         hi = lo + 1.0
     x = (image.astype(np.float32) - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - np.float32(1.0)
-    np.clip(x, -CLIP, CLIP, out=x)
+    np.clip(x, -clip, clip, out=x)
     return x, lo, hi
 
 
@@ -132,6 +132,14 @@ def plan_rescale(image: np.ndarray, info: ModelInfo, period: float | None = None
     if info.period is None:
         return Plan(period, None, 1.0, f"image period {period:.2f} px; the model does not record its training period: not rescaled",
                     notify=True)
+    if info.period_range is not None:
+        lo, hi = info.period_range
+        if lo <= period <= hi:
+            return Plan(period, info.period, 1.0, f"image period {period:.2f} px lies in the model's trained range {lo:.1f}-{hi:.1f} px")
+        edge = lo if period < lo else hi
+        return Plan(period, info.period, edge / period,
+                    f"image period {period:.2f} px lies outside the model's trained range {lo:.1f}-{hi:.1f} px: "
+                    f"resampled x{edge / period:.3f} to {edge:.1f} px", notify=True)
     scale = info.period / period
     if abs(scale - 1.0) < RESCALE_TOLERANCE:
         return Plan(period, info.period, 1.0, f"image period {period:.2f} px matches the model's {info.period:.2f} px")
@@ -310,7 +318,7 @@ def iter_denoise(
                 DenoiseWarning, stacklevel=2,
             )
             plane = np.where(finite, plane, fill)
-        x, lo, hi = normalize(plane, info.norm_low, info.norm_high)
+        x, lo, hi = normalize(plane, info.norm_low, info.norm_high, info.clip)
         if plans[k].scale != 1.0:
             x = resample(x, shapes[k])
         y = yield from _tiled_pass(net, x, tile_plans[k], bs, dev, amp, done, total)

@@ -21,6 +21,7 @@ from torch import nn
 
 NORMS = ("instance", "batch", "none")
 GENERATORS = ("resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256")
+FINALS = ("tanh", "linear")
 
 
 class TileNorm(nn.Module):
@@ -135,8 +136,11 @@ class ResnetGenerator(nn.Module):
         model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
         self.model = nn.Sequential(*model)
 
+    residual = False  # set by build_generator: the network predicts a correction added to its input
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        y = self.model(x)
+        return y + x if self.residual else y
 
 
 class UnetSkipConnectionBlock(nn.Module):
@@ -182,8 +186,11 @@ class UnetGenerator(nn.Module):
         self.model = UnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True, **kw)
         self.num_downs = num_downs
 
+    residual = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        y = self.model(x)
+        return y + x if self.residual else y
 
 
 class NLayerDiscriminator(nn.Module):
@@ -226,6 +233,15 @@ class GeneratorConfig:
     use_dropout: bool = False
     padding_type: str = "reflect"
     n_blocks: int | None = None  # resnet: overrides the count in netG (e.g. resnet_3blocks)
+    # additions (no parameters, so the state-dict keys stay the reference's):
+    final: str = "tanh"  # "tanh" (reference: output bounded to [-1, 1]) or "linear" (room for dopants above the range)
+    residual: bool = False  # the output is the input plus what the network computes (input and output channels equal)
+
+    def __post_init__(self) -> None:
+        if self.final not in FINALS:
+            raise ValueError(f"final activation must be one of {FINALS}, not {self.final!r}")
+        if self.residual and self.input_nc != self.output_nc:
+            raise ValueError("a residual generator needs as many input as output channels")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -238,12 +254,19 @@ def build_generator(cfg: GeneratorConfig) -> nn.Module:
     use_bias = cfg.norm == "instance"
     if cfg.netG.startswith("resnet_"):
         n_blocks = cfg.n_blocks or int(cfg.netG.removeprefix("resnet_").removesuffix("blocks"))
-        return ResnetGenerator(cfg.input_nc, cfg.output_nc, cfg.ngf, norm_layer, cfg.use_dropout, n_blocks, cfg.padding_type, use_bias)
-    if cfg.netG in ("unet_128", "unet_256"):
-        return UnetGenerator(cfg.input_nc, cfg.output_nc, 7 if cfg.netG == "unet_128" else 8, cfg.ngf, norm_layer, cfg.use_dropout, use_bias)
-    if cfg.netG.startswith("unet_"):
+        net = ResnetGenerator(cfg.input_nc, cfg.output_nc, cfg.ngf, norm_layer, cfg.use_dropout, n_blocks, cfg.padding_type, use_bias)
+        last = net.model
+    elif cfg.netG in ("unet_128", "unet_256"):
+        net = UnetGenerator(cfg.input_nc, cfg.output_nc, 7 if cfg.netG == "unet_128" else 8, cfg.ngf, norm_layer, cfg.use_dropout, use_bias)
+        last = net.model.model
+    elif cfg.netG.startswith("unet_"):
         raise ValueError(f"unknown U-Net {cfg.netG!r}; use unet_128 or unet_256")
-    raise ValueError(f"unknown generator {cfg.netG!r}; use one of {GENERATORS}")
+    else:
+        raise ValueError(f"unknown generator {cfg.netG!r}; use one of {GENERATORS}")
+    if cfg.final == "linear":
+        last[-1] = nn.Identity()
+    net.residual = cfg.residual
+    return net
 
 
 def build_discriminator(input_nc: int = 1, ndf: int = 64, n_layers: int = 3, norm: str = "instance") -> NLayerDiscriminator:

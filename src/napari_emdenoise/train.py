@@ -84,6 +84,11 @@ class TrainConfig:
     norm_low: float = 0.5
     norm_high: float = 99.5
     period: float | None = None  # px per period the model works at; None: median of the noisy images
+    # False: train on every image at its own scale (the data must span the periods to work at); the model records
+    # the range of the noisy images' periods and inference resamples only images outside it
+    rescale: bool = True
+    period_range: tuple[float, float] | None = None  # with rescale False: the range to record (None: estimated)
+    clip: float = 3.0  # normalised input clipped to [-clip, clip]; above ~5 leaves heavy dopants unclipped
     checkpoint_every: int = 500
     preview_every: int = 50
     seed: int = 0
@@ -102,7 +107,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        return cls(**{**d, "generator": GeneratorConfig(**d["generator"])})
+        pr = d.get("period_range")
+        return cls(**{**d, "generator": GeneratorConfig(**d["generator"]), "period_range": tuple(pr) if pr else None})
 
 
 @dataclass(frozen=True)
@@ -137,9 +143,9 @@ def _prepare(images: Sequence[np.ndarray], names: Sequence[str], period: float |
             raise TrainingError(f"'{names[i]}' has shape {img.shape}: training needs single-channel 2D images")
         if not np.isfinite(img).all():
             raise TrainingError(f"'{names[i]}' has NaN or Inf pixels; fix or drop it")
-        x, lo, hi = normalize(img, cfg.norm_low, cfg.norm_high)
+        x, lo, hi = normalize(img, cfg.norm_low, cfg.norm_high, cfg.clip)
         factor = 1.0
-        if period is not None:
+        if period is not None and cfg.rescale:
             own = periods[i] if periods is not None else estimate_period(img).period
             factor = period / own if own else 1.0
         shape = (round(img.shape[0] * factor), round(img.shape[1] * factor))
@@ -399,12 +405,23 @@ def train(
         raise TrainingError("no clean target images to train on")
     if cfg.mode == "paired" and len(noisy) != len(clean):
         raise TrainingError(f"paired mode needs as many clean as noisy images (got {len(clean)} and {len(noisy)})")
-    noisy_periods = [estimate_period(np.asarray(n, dtype=np.float32)).period if np.ndim(n) == 2 else None for n in noisy]
+    if not cfg.clip > 1:
+        raise TrainingError(f"the input clip must be above 1 (normalised units), not {cfg.clip}")
+    if cfg.rescale:
+        noisy_periods = [estimate_period(np.asarray(n, dtype=np.float32)).period if np.ndim(n) == 2 else None for n in noisy]
+    else:  # nothing is resampled: a sample of periods gives the range the model is trained on
+        step = max(1, len(noisy) // 64)
+        noisy_periods = [estimate_period(np.asarray(n, dtype=np.float32)).period if np.ndim(n) == 2 else None
+                         for n in noisy[::step]] if cfg.period is None or cfg.period_range is None else []
     period = cfg.period
+    found = [p for p in noisy_periods if p]
     if period is None:
-        found = [p for p in noisy_periods if p]
         period = float(np.median(found)) if found else None
         cfg = replace(cfg, period=period)
+    if not cfg.rescale and cfg.period_range is None and found:
+        cfg = replace(cfg, period_range=(float(np.percentile(found, 5)), float(np.percentile(found, 95))))
+    if cfg.period_range is not None and not 0 < cfg.period_range[0] <= cfg.period_range[1]:
+        raise TrainingError(f"the period range must be two positive periods in order, not {cfg.period_range}")
     if cfg.mode == "paired":
         dom_a, dom_b = _prepare(noisy, noisy_names, period, cfg, partners=clean, periods=noisy_periods)
     else:
@@ -419,7 +436,8 @@ def train(
     random.seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = _Model(cfg, device)
-    info = ModelInfo(config=cfg.generator, norm_low=cfg.norm_low, norm_high=cfg.norm_high, period=period, format=FORMAT,
+    info = ModelInfo(config=cfg.generator, norm_low=cfg.norm_low, norm_high=cfg.norm_high, period=period, clip=cfg.clip,
+                     period_range=cfg.period_range if not cfg.rescale else None, format=FORMAT,
                      description=f"{cfg.mode} training, {cfg.iterations} iterations, crop {cfg.crop}, seed {cfg.seed}")
     start = 0
     if resume:

@@ -131,8 +131,12 @@ class DenoiseWidget(Container):
             return
         info = model_info(self._model)
         c = info.config
-        period = f", trained at {info.period:.1f} px/period" if info.period else ""
-        self._model_label.value = f"{c.netG}, ngf {c.ngf}, {c.norm} norm{period}"
+        if info.period_range:
+            period = f", trained at {info.period_range[0]:.1f}-{info.period_range[1]:.1f} px/period"
+        else:
+            period = f", trained at {info.period:.1f} px/period" if info.period else ""
+        kind = ", residual" if c.residual else ""
+        self._model_label.value = f"{c.netG}{kind}, ngf {c.ngf}, {c.norm} norm{period}"
 
     def _on_image(self, *_) -> None:
         layer = self._image.value
