@@ -154,4 +154,4 @@ def test_bundled_default_is_offered_first(make_napari_viewer):
 
     w = DenoiseWidget(make_napari_viewer())
     assert w._source.value == BUNDLED and w._model is not None
-    assert "resnet_6blocks, residual, ngf 32" in w._model_label.value and "trained at 4.6-17.5 px/period" in w._model_label.value
+    assert "resnet_6blocks, residual, ngf 32" in w._model_label.value and "trained at 4.4-17.5 px/period" in w._model_label.value

@@ -5,6 +5,14 @@ reflection below the Nyquist limit: for a square lattice that is the lattice con
 for a hexagonal lattice of constant a it is a*sqrt(3)/2. Models record the period of
 their training data measured by this same estimator, so matching the two numbers
 matches the scale whatever the lattice.
+
+A superstructure (an ordering, a moire, a modulation every few columns) can make a
+long-period reflection the strongest. The columns' own lattice then still shows as a
+strong reflection at a higher frequency that is not the sum of two stronger reflections
+(harmonics of the lattice are such sums: (1,1) = (1,0) + (0,1), (2,0) = (1,0) + (1,0)).
+When there is one, with at least a fifth of the strongest power, the highest-frequency
+such reflection gives the period instead: the spacing of the columns, not of the
+superstructure.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ def estimate_period(image: np.ndarray, min_period: float = MIN_PERIOD, max_perio
         return PeriodEstimate(None, 0.0, 0.0)
     masked = np.where(band, power, 0.0)
     iy, ix = np.unravel_index(np.argmax(masked), masked.shape)
+    iy, ix = _column_reflection(masked, power, band, fr, iy, ix, min(h, w))
     # contrast against the median power in a thin ring at the same frequency
     ring = band & (np.abs(fr - fr[iy, ix]) <= 1.5 / min(h, w))
     contrast = float(power[iy, ix] / max(np.median(power[ring]), 1e-30))
@@ -74,6 +83,32 @@ def estimate_period(image: np.ndarray, min_period: float = MIN_PERIOD, max_perio
     if contrast < MIN_CONTRAST or f == 0:
         return PeriodEstimate(None, contrast, angle)
     return PeriodEstimate(float(1.0 / f), contrast, angle)
+
+
+def _column_reflection(masked: np.ndarray, power: np.ndarray, band: np.ndarray, fr: np.ndarray, iy: int, ix: int,
+                       side: int) -> tuple[int, int]:
+    """The strongest reflection (iy, ix), or the columns' own one when the strongest is a superstructure's (module doc)."""
+    top = masked[iy, ix]
+    peaks = (masked == ndimage.maximum_filter(masked, size=5)) & (masked >= 0.2 * top)
+    py, px = np.nonzero(peaks)
+    if len(py) < 2:
+        return iy, ix
+    cy, cx = masked.shape[0] // 2, masked.shape[1] // 2
+    vec = np.stack([py - cy, px - cx], axis=1).astype(np.float64)
+    pw = masked[py, px]
+    f0 = fr[iy, ix]
+    for k in np.argsort(-fr[py, px]):
+        if fr[py[k], px[k]] < 1.3 * f0:
+            break
+        stronger = vec[pw >= pw[k]]
+        sums = stronger[:, None, :] + stronger[None, :, :]
+        tol = 1.5 + 0.03 * np.hypot(*vec[k])
+        if (np.hypot(*(sums - vec[k]).transpose(2, 0, 1)) <= tol).any():
+            continue  # a harmonic of stronger reflections
+        ring = band & (np.abs(fr - fr[py[k], px[k]]) <= 1.5 / side)
+        if power[py[k], px[k]] / max(np.median(power[ring]), 1e-30) >= MIN_CONTRAST:
+            return int(py[k]), int(px[k])
+    return iy, ix
 
 
 def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

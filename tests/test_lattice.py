@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_emdenoise.lattice import estimate_period
+from napari_emdenoise.scenes import make_scene
+
+
+def _lattice(a, *, width, angle=0.0, modulation=None, amplitude=0.0, hexagonal=False, size=512, dose=20, seed=0):
+    """Poisson image of Gaussian columns on a square or hexagonal lattice of constant ``a`` px, the column brightness
+    optionally modulated along one lattice direction with a period of ``modulation`` px (a superstructure)."""
+    rng = np.random.default_rng(seed)
+    n = int(size * 1.5 / a)
+    i, j = (m.ravel() for m in np.meshgrid(np.arange(-n, n), np.arange(-n, n)))
+    pu, pv = (a * (i + 0.5 * j), a * j * np.sqrt(3) / 2) if hexagonal else (a * i, a * j)
+    th = np.radians(angle)
+    x, y = np.cos(th) * pu - np.sin(th) * pv + size / 2, np.sin(th) * pu + np.cos(th) * pv + size / 2
+    w = 1 + amplitude * np.cos(2 * np.pi * pu / modulation) if modulation else np.ones(len(pu))
+    ok = (x > -5) & (x < size + 5) & (y > -5) & (y < size + 5)
+    comb = np.zeros((size + 20, size + 20))
+    np.add.at(comb, (np.rint(y[ok]).astype(int) + 10, np.rint(x[ok]).astype(int) + 10), w[ok])
+    img = ndimage.gaussian_filter(comb, width * a)[10:-10, 10:-10]
+    return rng.poisson(img / img.mean() * dose).astype(np.float32)
+
+
+@pytest.mark.parametrize("a, modulation, amplitude, angle", [(4, 59, 0.6, 13), (5, 40, 0.8, 0), (6, 48, 0.5, 31)])
+def test_a_superstructure_does_not_hide_the_column_spacing(a, modulation, amplitude, angle):
+    # broad columns a few px apart: the superstructure's reflection is the strongest in the spectrum
+    est = estimate_period(_lattice(a, width=0.25, angle=angle, modulation=modulation, amplitude=amplitude))
+    assert est.period == pytest.approx(a, rel=0.02)
+
+
+@pytest.mark.parametrize("a, width, angle, hexagonal, expected", [
+    (4, 0.25, 0, False, 4), (12, 0.11, 30, False, 12), (8, 0.12, 0, True, 8 * np.sqrt(3) / 2), (10, 0.1, 17, True, 10 * np.sqrt(3) / 2),
+])
+def test_plain_square_and_hexagonal_lattices_at_any_angle(a, width, angle, hexagonal, expected):
+    assert estimate_period(_lattice(a, width=width, angle=angle, hexagonal=hexagonal)).period == pytest.approx(expected, rel=0.02)
+
+
+def test_two_species_lattices_give_their_column_spacing_and_non_crystals_none():
+    # SrTiO3 [001] at a = 16 px: Sr and TiO columns alternate along the diagonals, a / sqrt(2) apart as projected planes
+    srtio3 = make_scene(kind="vacancies", period=16, dose=20, size=384, seed=3).noisy
+    assert estimate_period(srtio3).period == pytest.approx(16 / np.sqrt(2), rel=0.03)
+    # 2H-MoS2: Mo and S2 on a honeycomb; its (1,0) planes (a sqrt(3)/2) or, where the S2 columns make the (1,1)
+    # reflection the stronger, its (1,1) planes (a / 2): never the spacing of a superstructure
+    for seed, width in ((3, 0.11), (4, 0.14)):
+        mos2 = make_scene(kind="dopants", period=12, dose=20, size=384, width=width, seed=seed).noisy
+        assert min(abs(estimate_period(mos2).period / p - 1) for p in (12 * np.sqrt(3) / 2, 6.0)) < 0.03
+    assert not estimate_period(make_scene(kind="amorphous", period=12, dose=20, size=384, seed=3).noisy).found
