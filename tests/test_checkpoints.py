@@ -28,7 +28,7 @@ REFERENCE = SHARED / "reference"
 @pytest.mark.skipif(not (REFERENCE / "resnet_6blocks_ngf32_nc1.json").exists(), reason="../shared/reference is absent")
 def test_reference_checkpoint_reproduces_the_reference_output():
     net = load_generator(REFERENCE / "resnet_6blocks_ngf32_nc1_latest_net_G_A.pth")
-    cfg = net.emdenoise_info.config
+    cfg = net.info.config
     assert (cfg.netG, cfg.ngf, cfg.norm, cfg.input_nc, cfg.output_nc) == ("resnet_6blocks", 32, "instance", 1, 1)
     assert not net.training
     x = torch.from_numpy(np.load(REFERENCE / "resnet_6blocks_ngf32_nc1_input.npy"))
@@ -65,7 +65,7 @@ def test_reference_layout_roundtrip_infers_the_architecture(tmp_path, cfg):
     net = _random(cfg)
     path = save_reference(tmp_path / "latest_net_G_A.pth", net)
     loaded = load_generator(path)
-    assert loaded.emdenoise_info.config == cfg
+    assert loaded.info.config == cfg
     size = 256 if cfg.netG == "unet_256" else 128
     x = torch.rand(1, cfg.input_nc, size, size) * 2 - 1
     with torch.no_grad():
@@ -212,10 +212,15 @@ def test_linear_output_residual_clip_and_period_range_round_trip(tmp_path):
 
 
 def test_a_damaged_period_range_is_refused(tmp_path):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
-    from napari_emdenoise.checkpoints import CheckpointError, ModelInfo, load_checkpoint, save_generator
+    from napari_emdenoise.checkpoints import (
+        CheckpointError,
+        ModelInfo,
+        load_checkpoint,
+        save_generator,
+    )
     from napari_emdenoise.nets import GeneratorConfig, build_generator
 
     cfg = GeneratorConfig("resnet_6blocks", ngf=4)
@@ -225,3 +230,19 @@ def test_a_damaged_period_range_is_refused(tmp_path):
     save_file(load_file(path), tmp_path / "bad.safetensors", metadata={**meta, "period_range": "[17, 5]"})
     with pytest.raises(CheckpointError, match="metadata is damaged"):
         load_checkpoint(tmp_path / "bad.safetensors")
+
+
+def test_load_generator_returns_a_denoiser_that_keeps_its_metadata(tmp_path):
+    from napari_emdenoise import Denoiser
+    from napari_emdenoise.checkpoints import load_checkpoint, model_info, save_generator
+    from napari_emdenoise.inference import DEFAULT_MODEL
+
+    d = load_generator(DEFAULT_MODEL)
+    assert isinstance(d, Denoiser) and model_info(d) is d.info and d.info.period_range
+    moved = d.to("cpu").eval()  # module methods keep the metadata: it is part of the object, not a patched attribute
+    assert moved.info is d.info
+    save_generator(tmp_path / "copy.safetensors", d, d.info)  # written with the bare generator's reference keys
+    bare, info = load_checkpoint(tmp_path / "copy.safetensors")
+    assert list(bare.state_dict()) == list(d.net.state_dict()) and info.period_range == d.info.period_range
+    with pytest.raises(TypeError, match="ModelInfo"):
+        Denoiser(d.net, {"period": 3.0})

@@ -100,7 +100,7 @@ def test_cancel_stops_within_a_batch_and_leaves_the_model_clean(trained_model, d
 
 def test_rescale_to_the_model_period(trained_model):
     net = load_generator(trained_model)
-    info = net.emdenoise_info
+    info = net.info
     assert info.period == pytest.approx(12.0, rel=0.02)
     coarse = simulate(size=(256, 256), period=24, dose=6, seed=5)
     plan = plan_rescale(coarse.noisy, info)
@@ -208,7 +208,7 @@ def test_the_bundled_default_model_is_used_when_none_is_given():
     from napari_emdenoise.inference import DEFAULT_MODEL
 
     assert DEFAULT_MODEL.is_file() and DEFAULT_MODEL.stat().st_size < 5 * 2**20
-    info = load_generator(DEFAULT_MODEL).emdenoise_info
+    info = load_generator(DEFAULT_MODEL).info
     assert info.description.startswith("bundled default") and info.clip > 5
     lo, hi = info.period_range
     assert lo < 6 and hi > 14  # trained at every scale in between: no resampling there

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from napari_emdenoise import denoise, load_generator
+from napari_emdenoise._drive import drive as run
 from napari_emdenoise.nets import GeneratorConfig
 from napari_emdenoise.simulate import simulate
-from napari_emdenoise.train import ImagePool, TrainConfig, TrainingError, run, train
+from napari_emdenoise.train import ImagePool, TrainConfig, TrainingError, train
 
 TINY = dict(generator=GeneratorConfig("resnet_6blocks", ngf=4), ndf=8, crop=32, batch_size=2, preview_every=0)
 
@@ -34,9 +35,9 @@ def test_paired_training_beats_the_noisy_input_by_3_db(tmp_path):
     path = run(train([s.noisy for s in train_sims], [s.clean for s in train_sims], tmp_path / "run", cfg))
     val = simulate(size=(200, 240), period=12, dose=5, dents=1, seed=77)
     out = denoise(val.noisy, path, tile=None)
-    mse = lambda x: np.mean((x - val.clean) ** 2)  # noqa: E731
+    mse = lambda x: np.mean((x - val.clean) ** 2)
     assert 10 * np.log10(mse(val.noisy) / mse(out)) >= 3.0
-    assert load_generator(path).emdenoise_info.period == pytest.approx(12, rel=0.02)
+    assert load_generator(path).info.period == pytest.approx(12, rel=0.02)
 
 
 def test_cyclegan_runs_end_to_end_and_its_losses_fall(tmp_path, data):
@@ -90,7 +91,8 @@ CRASH = textwrap.dedent("""
     import napari_emdenoise.checkpoints as ck
     from napari_emdenoise.nets import GeneratorConfig
     from napari_emdenoise.simulate import simulate
-    from napari_emdenoise.train import TrainConfig, run, train
+    from napari_emdenoise._drive import drive as run
+    from napari_emdenoise.train import TrainConfig, train
     real_save, calls = torch.save, []
     def dying_save(obj, f, *a, **k):
         if isinstance(obj, dict) and "rng_torch" in obj:
@@ -182,11 +184,11 @@ def test_bf16_trains_and_is_recorded(tmp_path, data):
 def test_training_without_rescaling_records_its_period_range_and_clip(tmp_path, data):
     noisy, clean, _ = data
     cfg = TrainConfig(mode="paired", iterations=2, rescale=False, clip=8.0, **TINY)
-    info = load_generator(run(train(noisy, clean, tmp_path / "a", cfg))).emdenoise_info
+    info = load_generator(run(train(noisy, clean, tmp_path / "a", cfg))).info
     lo, hi = info.period_range
     assert 10 < lo <= info.period <= hi < 14 and info.clip == 8.0  # the three images are all at 12 px
     given = TrainConfig(mode="paired", iterations=1, rescale=False, period_range=(5.0, 20.0), **TINY)
-    assert load_generator(run(train(noisy, clean, tmp_path / "b", given))).emdenoise_info.period_range == (5.0, 20.0)
+    assert load_generator(run(train(noisy, clean, tmp_path / "b", given))).info.period_range == (5.0, 20.0)
     with pytest.raises(TrainingError, match="period range"):
         run(train(noisy, clean, tmp_path / "c", TrainConfig(mode="paired", rescale=False, period_range=(9.0, 4.0), **TINY)))
     with pytest.raises(TrainingError, match="clip"):

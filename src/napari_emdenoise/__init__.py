@@ -22,6 +22,7 @@ _LAZY = {
     "iter_denoise": ("inference", "iter_denoise"),
     "Cancelled": ("inference", "Cancelled"),
     "load_generator": ("checkpoints", "load_generator"),
+    "Denoiser": ("checkpoints", "Denoiser"),
     "CheckpointError": ("checkpoints", "CheckpointError"),
     "estimate_period": ("lattice", "estimate_period"),
 }
@@ -29,6 +30,7 @@ _LAZY = {
 __all__ = [
     "Cancelled",
     "CheckpointError",
+    "Denoiser",
     "ImageFileError",
     "SimParams",
     "SimResult",

@@ -253,20 +253,37 @@ def load_checkpoint(path: str | os.PathLike, config: GeneratorConfig | None = No
     return _build_and_load(sd, info.config, path.name), info
 
 
-def load_generator(path: str | os.PathLike, config: GeneratorConfig | None = None) -> nn.Module:
-    """A generator from a reference ``*_net_G_*.pth`` or our ``.safetensors``: eval mode, on CPU.
+class Denoiser(nn.Module):
+    """A generator together with its :class:`ModelInfo` (normalisation, clip, training period or
+    range, architecture, source): what :func:`load_generator` returns and what every denoising
+    entry point accepts. Calling it runs the generator; ``.net`` is the bare generator (reference
+    state-dict keys), ``.info`` its metadata."""
 
-    The module's ``emdenoise_info`` attribute holds its :class:`ModelInfo`.
-    """
+    def __init__(self, net: nn.Module, info: ModelInfo):
+        super().__init__()
+        if not isinstance(info, ModelInfo):
+            raise TypeError(f"a Denoiser needs a ModelInfo, not {type(info).__name__}")
+        self.net = net
+        self.info = info
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def load_generator(path: str | os.PathLike, config: GeneratorConfig | None = None) -> Denoiser:
+    """A :class:`Denoiser` from a reference ``*_net_G_*.pth`` or our ``.safetensors``: eval mode, on CPU."""
     net, info = load_checkpoint(path, config)
-    net.emdenoise_info = info
-    return net
+    return Denoiser(net, info).eval()
 
 
-def model_info(net: nn.Module) -> ModelInfo:
-    """The ModelInfo of a loaded generator; defaults (architecture unknown) for a bare module."""
-    info = getattr(net, "emdenoise_info", None)
-    return info if isinstance(info, ModelInfo) else ModelInfo(source="in-memory module")
+def model_info(model: nn.Module) -> ModelInfo:
+    """The ModelInfo of a :class:`Denoiser`; for a bare module (no metadata) the defaults: the
+    reference normalisation, no training period (so no resampling), architecture unknown."""
+    return model.info if isinstance(model, Denoiser) else ModelInfo(source="in-memory module")
+
+
+def _bare(net: nn.Module) -> nn.Module:
+    return net.net if isinstance(net, Denoiser) else net
 
 
 # --------------------------------------------------------------------------- writing
@@ -278,7 +295,7 @@ def save_generator(path: str | os.PathLike, net: nn.Module, info: ModelInfo, hal
     """
     from safetensors.torch import save_file
 
-    sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in _bare(net).state_dict().items()}
     if half:
         sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
     return atomic_write(Path(path), lambda tmp: save_file(sd, tmp, metadata=info.to_metadata()))
@@ -286,5 +303,5 @@ def save_generator(path: str | os.PathLike, net: nn.Module, info: ModelInfo, hal
 
 def save_reference(path: str | os.PathLike, net: nn.Module) -> Path:
     """Write a plain CPU state dict as the reference code's ``save_networks`` does."""
-    sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    sd = {k: v.detach().cpu() for k, v in _bare(net).state_dict().items()}
     return atomic_write(Path(path), lambda tmp: torch.save(sd, tmp))

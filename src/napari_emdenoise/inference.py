@@ -88,7 +88,8 @@ def available_devices() -> list[str]:
 
 
 def resolve_model(model: str | os.PathLike | nn.Module | None) -> nn.Module:
-    """A module from a path, a module, or None for the bundled default model."""
+    """A :class:`Denoiser` from a path or None (the bundled default model); a module as it is (a bare
+    generator has no metadata: the reference normalisation and no resampling)."""
     if isinstance(model, nn.Module):
         return model
     if model is None:
@@ -172,11 +173,8 @@ def _calibration_budget(net: nn.Module, device: torch.device) -> int:
     return int(budget // (_full_res_channels(net) * 4 * 4))
 
 
-def _channels(net: nn.Module) -> tuple[int, int]:
-    convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
-    first, last = convs[0], convs[-1]
-    out_c = last.out_channels
-    return first.in_channels, out_c
+def _in_channels(net: nn.Module) -> int:
+    return next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -193,7 +191,7 @@ def _tiled_pass(
     h, w = x.shape
     # pad as a whole-image pass would, so that every tile sits on the network's sampling grid
     x = tiling.pad_to_multiple(torch.from_numpy(x)[None, None], tiling.size_multiple(net))[0][0, 0].numpy()
-    in_c, _ = _channels(net)
+    in_c = _in_channels(net)
     th = tiles[0].rows.stop - tiles[0].rows.start
     tw = tiles[0].cols.stop - tiles[0].cols.start
     autocast = torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")

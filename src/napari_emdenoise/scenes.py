@@ -575,7 +575,7 @@ def training_params(seed: int, size: int = 384, periods: tuple[float, float] = (
     rng = np.random.default_rng([seed, 7_000_001])
     kinds = list(TRAINING_KINDS)
     kind = kinds[int(rng.choice(len(kinds), p=np.array(list(TRAINING_KINDS.values())) / sum(TRAINING_KINDS.values())))]
-    loguni = lambda lo, hi: float(np.exp(rng.uniform(np.log(lo), np.log(hi))))  # noqa: E731
+    loguni = lambda lo, hi: float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     gain = loguni(5.0, 100.0)
     return SceneParams(
         kind=kind, size=(size, size), period=loguni(*periods), angle=float(rng.uniform(0, 90)), width=float(rng.uniform(0.08, 0.14)),

@@ -16,7 +16,6 @@ over (see :func:`record_statistics`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -131,9 +130,8 @@ def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, align: in
 
 def size_multiple(net: nn.Module) -> int:
     """Input sides must be a multiple of this for the output to match the input's size."""
-    if isinstance(net, UnetGenerator):
-        return 2**net.num_downs
-    return 4
+    unet = next((m for m in net.modules() if isinstance(m, UnetGenerator)), None)  # also inside a Denoiser
+    return 2**unet.num_downs if unet is not None else 4
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -185,7 +183,3 @@ def record_statistics(net: nn.Module, batch: torch.Tensor, mask: torch.Tensor) -
         for m in norms:
             m.mode, m.mask = "fixed", None
 
-
-def iter_batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
-    for i in range(0, len(tiles), batch_size):
-        yield tiles[i : i + batch_size]

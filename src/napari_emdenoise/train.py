@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._drive import drive
 from .checkpoints import (
     FORMAT,
     ModelInfo,
@@ -548,7 +547,3 @@ def _plot_losses(run_dir: Path) -> Path | None:
     (run_dir / "loss_legend.json").write_text(json.dumps({k: rgb[i % len(rgb)] for i, k in enumerate(keys)}) + "\n")
     return out
 
-
-def run(gen: Generator):
-    """Drive a training generator to its end and return what it returns."""
-    return drive(gen)
