@@ -9,6 +9,17 @@ import pytest
 import tifffile
 
 
+GUI_FIXTURES = {"make_napari_viewer", "make_napari_viewer_proxy", "qtbot", "qapp"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that opens napari or Qt as ``gui``, so ``pytest -m "not gui"`` runs the core alone."""
+    for item in items:
+        if GUI_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in ("test_napari.py",) \
+                or item.path.name.startswith("test_widget"):
+            item.add_marker(pytest.mark.gui)
+
+
 @pytest.fixture
 def uint16_tiff(tmp_path):
     """A 16-bit image (48x64) with a pixel size of 0.025 nm in ImageJ metadata."""
