@@ -1,0 +1,80 @@
+"""Training settings and events: :class:`TrainConfig` (validated by :func:`.train.train` before any work), the model
+presets, :class:`TrainEvent` and :class:`TrainingError`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .nets import GeneratorConfig
+
+PRESETS = {
+    # CPU-friendly: 0.49 M-parameter generators (resnet_6blocks, ngf 16), 96-px crops, batch 4
+    "small": dict(generator=GeneratorConfig("resnet_6blocks", ngf=16), ndf=32, crop=96, batch_size=4),
+    # the reference CycleGAN's defaults, for a GPU
+    "reference": dict(generator=GeneratorConfig("resnet_9blocks", ngf=64), ndf=64, crop=256, batch_size=1),
+}
+
+
+class TrainingError(ValueError):
+    """Inputs or settings that cannot train; said before any training starts."""
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "cyclegan"  # "cyclegan" or "paired"
+    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig("resnet_6blocks", ngf=16))
+    ndf: int = 32
+    n_layers_d: int = 3
+    iterations: int = 2000
+    decay_from: float = 0.5  # fraction of iterations after which the learning rate decays linearly to 0
+    batch_size: int = 4
+    crop: int = 96
+    lr: float = 2e-4
+    beta1: float = 0.5
+    lambda_cycle: float = 10.0  # lambda_A = lambda_B
+    lambda_identity: float = 0.5  # times lambda_cycle
+    pool_size: int = 50
+    lambda_adv_paired: float = 0.0  # paired mode: weight of the optional LSGAN term
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast; for GPUs with bfloat16 units)
+    norm_low: float = 0.5
+    norm_high: float = 99.5
+    period: float | None = None  # px per period the model works at; None: median of the noisy images
+    # False: train on every image at its own scale (the data must span the periods to work at); the model records
+    # the range of the noisy images' periods and inference resamples only images outside it
+    rescale: bool = True
+    period_range: tuple[float, float] | None = None  # with rescale False: the range to record (None: estimated)
+    clip: float = 3.0  # normalised input clipped to [-clip, clip]; above ~5 leaves heavy dopants unclipped
+    checkpoint_every: int = 500
+    preview_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides) -> "TrainConfig":
+        if preset not in PRESETS:
+            raise TrainingError(f"model preset must be one of {sorted(PRESETS)}, not {preset!r}")
+        return cls(**{**PRESETS[preset], **overrides})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["generator"] = self.generator.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        pr = d.get("period_range")
+        return cls(**{**d, "generator": GeneratorConfig(**d["generator"]), "period_range": tuple(pr) if pr else None})
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    iteration: int
+    total: int
+    losses: dict
+    lr: float
+    elapsed: float  # seconds in this session
+    eta: float  # seconds left, from this session's speed
+    preview: np.ndarray | None = None  # G_A on a fixed noisy crop, on the input's scale
+    checkpoint: str | None = None  # path written at this iteration, if any
