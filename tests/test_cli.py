@@ -327,6 +327,19 @@ def test_scenes_writes_a_varied_training_set_and_refuses_benchmark_seeds(tmp_pat
     np.testing.assert_allclose(read_tiff(out / "clean" / names[1]).data, target(scene), rtol=1e-6)
     assert main(["scenes", "-o", str(out), "--n", "1", "--size", "64"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    # --overwrite replaces the whole set: no stale pair of the old one stays
+    assert main(["scenes", "-o", str(out), "--n", "2", "--size", "64", "--seed", "20", "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "noisy").iterdir()) == names[:2] == sorted(p.name for p in (out / "clean").iterdir())
+    # a partial set (no scenes.json, as a Ctrl-C leaves it) is refused as well; other files are never removed
+    (out / "scenes.json").unlink()
+    assert main(["scenes", "-o", str(out), "--n", "1", "--size", "64"]) == 2
+    assert "partial scene set" in capsys.readouterr().err
+    (out / "noisy" / "my_frame.tif").write_bytes(b"mine")
+    assert main(["scenes", "-o", str(out), "--n", "1", "--size", "64", "--overwrite"]) == 2
+    assert "other files" in capsys.readouterr().err and (out / "noisy" / "my_frame.tif").read_bytes() == b"mine"
+    for bad in (["--dose-range", "1", "1000"], ["--dose-range", "1", "inf"], ["--period-range", "9", "4"], ["--size", "100000"]):
+        assert main(["scenes", "-o", str(tmp_path / "x"), "--n", "1", *bad]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
     assert main(["scenes", "-o", str(tmp_path / "b"), "--n", "3", "--size", "64", "--seed", "8998"]) == 2
     err = capsys.readouterr().err
     assert "fidelity benchmark" in err and "\n" not in err.strip()

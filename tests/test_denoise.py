@@ -243,7 +243,25 @@ def test_a_model_with_a_period_range_resamples_only_images_outside_it():
     img = np.zeros((64, 64), np.float32)
     assert plan_rescale(img, info, period=12.0).scale == 1.0
     assert plan_rescale(img, info, period=17.9).scale == 1.0
+    # a little outside the range is left alone: resampling by a factor near 1 costs more than it gains
+    assert plan_rescale(img, info, period=5.0).scale == 1.0 and plan_rescale(img, info, period=22.0).scale == 1.0
     low = plan_rescale(img, info, period=4.0)
     assert low.scale == pytest.approx(1.5) and low.notify and "outside" in low.note
     assert plan_rescale(img, info, period=36.0).scale == pytest.approx(0.5)
     assert plan_rescale(img, ModelInfo(period=10.0), period=12.0).scale == pytest.approx(10 / 12)  # no range: to the period
+
+
+@pytest.mark.parametrize("period", [0, -5, float("nan"), float("inf"), 1e6, "abc"])
+def test_an_impossible_period_is_refused_before_any_work(period):
+    img = simulate(size=64, period=12, seed=0).noisy
+    with pytest.raises(ValueError, match="period must be"):
+        denoise(img, period=period)
+
+
+def test_constant_images_of_any_magnitude_and_rgb_arrays():
+    for value in (0.0, 5.0, 1e30, -1e30):
+        out = denoise(np.full((64, 64), value, np.float32))
+        assert np.isfinite(out).all() and np.abs(out - value).max() <= 0.05 * max(1.0, abs(value) * 1e-3)
+    rgb = np.repeat(simulate(size=64, period=12, seed=0).noisy[..., None], 3, axis=-1)
+    with pytest.raises(ValueError, match="RGB"):
+        denoise(rgb)

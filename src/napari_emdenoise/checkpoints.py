@@ -241,8 +241,10 @@ def load_checkpoint(path: str | os.PathLike, config: GeneratorConfig | None = No
         clip = float(norm.get("clip", 3.0))
         if prange and not 0 < prange[0] <= prange[1] < float("inf"):
             raise ValueError(f"period range {prange} is not two positive periods in order")
-        if not clip > 1:
-            raise ValueError(f"input clip {clip} must be above 1")
+        if not 1 < clip < float("inf"):
+            raise ValueError(f"input clip {clip} must be a finite number above 1")
+        if period is not None and not (isinstance(period, (int, float)) and 0 < period < float("inf")):
+            raise ValueError(f"training period {period!r} is not a positive number of px")
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CheckpointError(f"'{path.name}': its metadata is damaged ({exc}); re-export the model.") from exc
     info = ModelInfo(

@@ -579,17 +579,27 @@ def _cmd_scenes(args: argparse.Namespace) -> int:
     from ._drive import drive
     from .scenes import write_training_set
 
-    if (args.out / "scenes.json").exists() and not args.overwrite:
-        raise UsageError(f"'{args.out}' already holds a scene set; use --overwrite or another -o")
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if args.seed < 0:
+        raise UsageError(f"--seed must not be negative, got {args.seed}")
+    done = 0
     try:
         gen = write_training_set(args.out, args.n, args.seed, size=args.size, periods=tuple(args.period_range),
-                                 doses=tuple(args.dose_range), jobs=args.jobs)
+                                 doses=tuple(args.dose_range), jobs=args.jobs, overwrite=args.overwrite)
         with tqdm(total=args.n, desc="scenes", unit="img", disable=None) as bar:
-            meta = drive(gen, lambda n: bar.update(n - bar.n))
+            def step(n: int) -> None:
+                nonlocal done
+                done = n
+                bar.update(n - bar.n)
+
+            meta = drive(gen, step)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        print(f"stopped: '{args.out}' holds a partial set ({done} of {args.n} pairs, no scenes.json); "
+              "run again with --overwrite to replace it", file=sys.stderr)
+        return 130
     print(f"wrote {args.n} noisy/clean scene pairs to {args.out} ({meta.name} lists their parameters)")
     return 0
 
@@ -753,6 +763,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         raise UsageError(f"--overlap must be between 0 and half of --tile ({args.tile}); got {args.overlap}")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"-o {args.out} is a file, not a folder: name a folder for the results")
+    if args.period is not None and not (np.isfinite(args.period) and args.period >= 1):
+        raise UsageError(f"--period is the lattice period in px (at least 1), not {args.period}; leave it out to have it estimated")
     try:
         net = resolve_model(args.model)
     except (CheckpointError, FileNotFoundError) as exc:

@@ -26,6 +26,10 @@ from .lattice import estimate_period, resample
 DEFAULT_MODEL = Path(__file__).parent / "models" / "default.safetensors"
 CLIP = 3.0  # default: normalised input is clipped to [-CLIP, CLIP]: hot pixels cannot dominate a tile (models record their own)
 RESCALE_TOLERANCE = 0.03  # relative scale mismatch below which the image is not resampled
+# a model trained over a period range also works a little beyond it (the range is the 5th-95th percentile of its data),
+# and resampling by a factor near 1 costs more than it gains (cubic interpolation of columns 1-2 px wide): images
+# within this factor outside the range are left as they are
+RANGE_MARGIN = 1.25
 
 
 class DenoiseWarning(UserWarning):
@@ -108,8 +112,8 @@ def normalize(image: np.ndarray, low: float, high: float, clip: float = CLIP) ->
     lo, hi = (float(v) for v in np.percentile(finite, [low, high]))
     if not hi > lo:
         lo, hi = float(finite.min()), float(finite.max())
-    if not hi > lo:
-        hi = lo + 1.0
+    if not hi > lo:  # a constant image: any scale will do, as long as it is not zero at this magnitude
+        hi = lo + max(1.0, abs(lo) * 1e-3)
     x = (image.astype(np.float32) - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - np.float32(1.0)
     np.clip(x, -clip, clip, out=x)
     return x, lo, hi
@@ -121,8 +125,23 @@ def denormalize(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return x
 
 
+def check_period(period, shape: tuple[int, ...]) -> float | None:
+    """A given lattice period (px) as a float, or a ValueError that says what is wrong with it."""
+    if period is None:
+        return None
+    try:
+        p = float(period)
+    except (TypeError, ValueError):
+        raise ValueError(f"the period must be a number of pixels, not {period!r}") from None
+    side = min(shape[-2:])
+    if not (np.isfinite(p) and 1.0 <= p <= side / 2):
+        raise ValueError(f"the period must be between 1 px and half the image side ({side / 2:g} px), not {period!r}; "
+                         "leave it out to have it estimated")
+    return p
+
+
 def plan_rescale(image: np.ndarray, info: ModelInfo, period: float | None = None, rescale: bool = True) -> Plan:
-    """Decide the resampling factor that brings the image to the model's training period."""
+    """Decide the resampling factor that brings the image to the model's training period or into its trained range."""
     if not rescale:
         return Plan(period, info.period, 1.0, "scale normalisation off")
     if period is None:
@@ -135,8 +154,9 @@ def plan_rescale(image: np.ndarray, info: ModelInfo, period: float | None = None
                     notify=True)
     if info.period_range is not None:
         lo, hi = info.period_range
-        if lo <= period <= hi:
-            return Plan(period, info.period, 1.0, f"image period {period:.2f} px lies in the model's trained range {lo:.1f}-{hi:.1f} px")
+        if lo / RANGE_MARGIN <= period <= hi * RANGE_MARGIN:
+            where = "lies in" if lo <= period <= hi else "is close enough to"
+            return Plan(period, info.period, 1.0, f"image period {period:.2f} px {where} the model's trained range {lo:.1f}-{hi:.1f} px")
         edge = lo if period < lo else hi
         return Plan(period, info.period, edge / period,
                     f"image period {period:.2f} px lies outside the model's trained range {lo:.1f}-{hi:.1f} px: "
@@ -257,6 +277,9 @@ def _check_image(image) -> np.ndarray:
         raise TypeError(f"image must be a numeric array (8/16/32-bit integers or floats), got dtype {arr.dtype}")
     if arr.ndim < 2 or 0 in arr.shape:
         raise ValueError(f"image must be a non-empty 2D image or a stack of them, got shape {arr.shape}")
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and min(arr.shape[:2]) >= 8:
+        raise ValueError(f"the image has shape {arr.shape}, which looks like RGB(A) colour: denoising needs one channel "
+                         "(for a grey image saved as colour, pass image[..., 0] or image.mean(axis=-1))")
     if min(arr.shape[-2:]) < 8:
         raise ValueError(f"image is too small to denoise: {arr.shape[-2:]} px (at least 8x8)")
     return arr
@@ -279,6 +302,7 @@ def iter_denoise(
     Closing the generator (or quitting its napari worker) stops it before the next batch.
     """
     arr = _check_image(image)
+    period = check_period(period, arr.shape)
     net = resolve_model(model)
     info = model_info(net)
     dev = pick_device(device)

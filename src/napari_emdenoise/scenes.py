@@ -561,6 +561,9 @@ TRAINING_KINDS = {"vacancies": 0.2, "dopants": 0.22, "columns": 0.16, "amorphous
                   "scan": 0.08}
 
 
+MAX_TRAINING_DOSE = 60.0  # counts/px: above it the brightest columns saturate uint16 at the highest drawn gains
+
+
 def training_params(seed: int, size: int = 384, periods: tuple[float, float] = (6.0, 24.0),
                     doses: tuple[float, float] = (0.8, 40.0)) -> SceneParams:
     """One randomly drawn scene of a training set: kind, scale, dose, optics, scan and detector all varied.
@@ -570,8 +573,13 @@ def training_params(seed: int, size: int = 384, periods: tuple[float, float] = (
     if seed in BENCHMARK_SEEDS:
         raise ValueError(f"seed {seed} belongs to the fidelity benchmark ({BENCHMARK_SEEDS.start}-{BENCHMARK_SEEDS.stop - 1}); "
                          "use other seeds for training data")
-    if not (2 <= periods[0] <= periods[1] <= 96 and 0 < doses[0] <= doses[1]):
-        raise ValueError(f"period range {periods} must lie in 2-96 px and dose range {doses} must be positive, each low to high")
+    if not 2 <= periods[0] <= periods[1] <= 96:
+        raise ValueError(f"the period range must lie within 2-96 px, low to high; got {periods[0]:g} {periods[1]:g}")
+    if not 0 < doses[0] <= doses[1] <= MAX_TRAINING_DOSE:
+        raise ValueError(f"the dose range must lie within 0-{MAX_TRAINING_DOSE:g} counts/px, low to high; got {doses[0]:g} {doses[1]:g} "
+                         "(higher doses saturate the 16-bit detector values at the drawn gains)")
+    if not 32 <= size <= 4096:
+        raise ValueError(f"the scene size must be 32-4096 px, not {size}")
     rng = np.random.default_rng([seed, 7_000_001])
     kinds = list(TRAINING_KINDS)
     kind = kinds[int(rng.choice(len(kinds), p=np.array(list(TRAINING_KINDS.values())) / sum(TRAINING_KINDS.values())))]
@@ -605,9 +613,14 @@ def _write_one(args) -> dict:
 
 
 def write_training_set(out, n: int, seed: int, *, size: int = 384, periods: tuple[float, float] = (6.0, 24.0),
-                       doses: tuple[float, float] = (0.8, 40.0), jobs: int = 1, prefix: str = "scene"):
+                       doses: tuple[float, float] = (0.8, 40.0), jobs: int = 1, prefix: str = "scene", overwrite: bool = False):
     """Write ``n`` drawn scenes as OUT/noisy/NAME.tif (uint16) and OUT/clean/NAME.tif (float32 :func:`target`), with
-    OUT/scenes.json listing every scene's parameters. Yields the number written so far; returns the JSON's path."""
+    OUT/scenes.json listing every scene's parameters, written last (a folder without it holds a partial set). Yields
+    the number written so far; returns the JSON's path.
+
+    An existing set (or any TIFF in OUT/noisy or OUT/clean) is refused unless ``overwrite``; then the old set's files
+    are removed first, so no stale pair stays behind. TIFFs of other names are never removed: such a folder is refused.
+    """
     import json
     from pathlib import Path
 
@@ -618,6 +631,17 @@ def write_training_set(out, n: int, seed: int, *, size: int = 384, periods: tupl
     bad = [t[2].seed for t in todo if t[2].seed in BENCHMARK_SEEDS]
     if bad:
         raise ValueError(f"seeds {bad[0]}... belong to the fidelity benchmark; pick a --seed range outside 9000-9999")
+    meta = out / "scenes.json"
+    old = [p for sub in ("noisy", "clean") if (out / sub).is_dir() for p in (out / sub).iterdir()]
+    foreign = [p for p in old if not (p.name.startswith(f"{prefix}_") and p.suffix == ".tif")]
+    if foreign:
+        raise ValueError(f"'{out}' holds other files in noisy/ or clean/ (e.g. '{foreign[0]}'); choose another folder")
+    if (old or meta.exists()) and not overwrite:
+        what = "a scene set" if meta.exists() else f"a partial scene set ({len(old) // 2} pairs, no scenes.json)"
+        raise ValueError(f"'{out}' already holds {what}; use --overwrite to replace it or choose another folder")
+    for p in old:
+        p.unlink()
+    meta.unlink(missing_ok=True)
     records = []
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -630,7 +654,6 @@ def write_training_set(out, n: int, seed: int, *, size: int = 384, periods: tupl
         for t in todo:
             records.append(_write_one(t))
             yield len(records)
-    meta = out / "scenes.json"
     meta.write_text(json.dumps({"seed": seed, "size": size, "periods": list(periods), "doses": list(doses), "scenes": records},
                                indent=1) + "\n")
     return meta

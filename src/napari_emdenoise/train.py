@@ -78,8 +78,8 @@ def train(
         raise TrainingError("no clean target images to train on")
     if cfg.mode == "paired" and len(noisy) != len(clean):
         raise TrainingError(f"paired mode needs as many clean as noisy images (got {len(clean)} and {len(noisy)})")
-    if not cfg.clip > 1:
-        raise TrainingError(f"the input clip must be above 1 (normalised units), not {cfg.clip}")
+    if not 1 < cfg.clip < 1000:
+        raise TrainingError(f"the input clip must be a number above 1 (normalised units; 3 or 8 are usual), not {cfg.clip}")
     if cfg.rescale:
         noisy_periods = [estimate_period(np.asarray(n, dtype=np.float32)).period if np.ndim(n) == 2 else None for n in noisy]
     else:  # nothing is resampled: a sample of periods gives the range the model is trained on
@@ -93,8 +93,8 @@ def train(
         cfg = replace(cfg, period=period)
     if not cfg.rescale and cfg.period_range is None and found:
         cfg = replace(cfg, period_range=(float(np.percentile(found, 5)), float(np.percentile(found, 95))))
-    if cfg.period_range is not None and not 0 < cfg.period_range[0] <= cfg.period_range[1]:
-        raise TrainingError(f"the period range must be two positive periods in order, not {cfg.period_range}")
+    if cfg.period_range is not None and not 1 <= cfg.period_range[0] <= cfg.period_range[1] <= 1000:
+        raise TrainingError(f"the period range must be two periods of 1-1000 px, low to high, not {cfg.period_range}")
     if cfg.mode == "paired":
         dom_a, dom_b = _prepare(noisy, noisy_names, period, cfg, partners=clean, periods=noisy_periods)
     else:
