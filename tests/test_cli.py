@@ -346,7 +346,8 @@ def test_scenes_writes_a_varied_training_set_and_refuses_benchmark_seeds(tmp_pat
     assert not (tmp_path / "b" / "scenes.json").exists()
 
 
-def test_ctrl_c_during_train_saves_a_checkpoint_that_resumes(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_during_train_saves_a_checkpoint(tmp_path, signame):
     import os
     import signal
     import subprocess
@@ -364,7 +365,7 @@ def test_ctrl_c_during_train_saves_a_checkpoint_that_resumes(tmp_path):
     while not (run_dir / "config.json").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(2.0)  # well inside the loop, most likely within an optimiser step
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "checkpoint saved" in err and (run_dir / "checkpoint.pt").is_file()
@@ -374,3 +375,36 @@ def test_ctrl_c_during_train_saves_a_checkpoint_that_resumes(tmp_path):
     assert state["iteration"] >= 1 and (run_dir / "denoiser.safetensors").is_file()
     with open(run_dir / "loss_log.csv") as fh:
         assert len(fh.readlines()) - 1 >= state["iteration"]  # every saved iteration is logged
+
+
+def test_denoise_batch_refuses_clashing_outputs_and_bad_tiles_before_any_work(tmp_path, trained_model, capsys):
+    img = simulate(size=64, period=12, seed=0).noisy
+    for sub in ("a", "b"):
+        write_tiff(tmp_path / sub / "img.tif", img)
+    out = tmp_path / "out"
+    assert main(["denoise", str(tmp_path / "a" / "img.tif"), str(tmp_path / "b" / "img.tif"), "-o", str(out),
+                 "--model", str(trained_model)]) == 2
+    assert "would both be written" in capsys.readouterr().err and not out.exists()
+    write_tiff(tmp_path / "x_denoised.tif", img)  # an input that a result would replace
+    assert main(["denoise", str(tmp_path / "x.tif"), str(tmp_path / "x_denoised.tif"), "-o", str(tmp_path), "--overwrite",
+                 "--model", str(trained_model)]) == 2
+    assert "would replace the input" in capsys.readouterr().err
+    for bad, words in ((["--tile", "3"], "--tile"), (["--batch-size", "0"], "--batch-size")):
+        assert main(["denoise", str(tmp_path / "a" / "img.tif"), "-o", str(out), *bad]) == 2
+        assert words in capsys.readouterr().err
+
+
+def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, trained_model):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from napari_emdenoise.checkpoints import CheckpointError, load_checkpoint
+
+    sd = load_file(trained_model)
+    with safe_open(str(trained_model), framework="pt") as f:
+        meta = f.metadata()
+    key = next(k for k, v in sd.items() if v.is_floating_point())
+    sd[key][0] = float("nan")
+    save_file(sd, tmp_path / "diverged.safetensors", metadata=meta)
+    with pytest.raises(CheckpointError, match="NaN or Inf"):
+        load_checkpoint(tmp_path / "diverged.safetensors")

@@ -160,6 +160,10 @@ def _build_and_load(sd: dict[str, torch.Tensor], cfg: GeneratorConfig, name: str
             f"'{name}': the weights do not fit a {cfg.netG} generator (ngf {cfg.ngf}, norm {cfg.norm}): {detail}. "
             "The file holds weights for another architecture."
         )
+    bad = next((k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"'{name}': its weights hold NaN or Inf values (in {bad}): it was saved from a run that "
+                              "diverged. Use an earlier checkpoint of that run, or train again (a lower learning rate).")
     net.load_state_dict(sd, strict=True)
     return net.eval()
 

@@ -217,8 +217,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 @contextlib.contextmanager
 def _stop_on_interrupt(what: str):
-    """The first Ctrl-C (or SIGINT) only sets the yielded event, so long work can stop at a consistent point; a
-    second one raises KeyboardInterrupt as usual."""
+    """The first Ctrl-C (SIGINT) or SIGTERM only sets the yielded event, so long work can stop at a consistent point;
+    a second one raises KeyboardInterrupt as usual."""
     import signal
     import threading
 
@@ -228,17 +228,20 @@ def _stop_on_interrupt(what: str):
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        print(f"\nCtrl-C: {what} (press it again to quit at once)", file=sys.stderr)
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\n{name}: {what} (Ctrl-C again to quit at once)", file=sys.stderr)
 
+    signals = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
     try:
-        old = signal.signal(signal.SIGINT, handler)
+        old = {s: signal.signal(s, handler) for s in signals}
     except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
         yield stop
         return
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, old)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _read_folder_images(paths: list[Path], what: str) -> tuple[list[np.ndarray], list[str]]:
@@ -759,8 +762,22 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     from .consistency import ConsistencyError, check
     from .inference import iter_denoise, resolve_model
 
-    if args.tile < 0 or (args.tile and args.overlap * 2 > args.tile) or args.overlap < 0:
+    if args.tile < 0 or 0 < args.tile < 16:
+        raise UsageError(f"--tile is the tile side in px (at least 16; 0 for the whole image at once), not {args.tile}")
+    if (args.tile and args.overlap * 2 > args.tile) or args.overlap < 0:
         raise UsageError(f"--overlap must be between 0 and half of --tile ({args.tile}); got {args.overlap}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size is the number of tiles per batch (at least 1), not {args.batch_size}")
+    stems: dict[str, Path] = {}
+    for path in args.inputs:
+        if path.stem in stems and stems[path.stem] != path:
+            raise UsageError(f"'{stems[path.stem]}' and '{path}' would both be written as {path.stem}_denoised.tif in "
+                             f"{args.out}; denoise them into different -o folders")
+        stems[path.stem] = path
+    outs = {(args.out / f"{p.stem}_{kind}.tif").resolve() for p in args.inputs for kind in ("denoised", "consistency")}
+    clash = next((p for p in args.inputs if p.resolve() in outs), None)
+    if clash is not None:
+        raise UsageError(f"writing the results to {args.out} would replace the input '{clash}'; choose another -o")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"-o {args.out} is a file, not a folder: name a folder for the results")
     if args.period is not None and not (np.isfinite(args.period) and args.period >= 1):
@@ -809,6 +826,9 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         except (ImageFileError, FileExistsError, ValueError, TypeError, MemoryError) as exc:
             failed += 1
             print(f"{path.name}: error: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - anything else one file raises must not end the batch
+            failed += 1
+            print(f"{path.name}: unexpected error ({type(exc).__name__}): {exc}; the other files go on", file=sys.stderr)
     if failed:
         print(f"{failed} of {len(args.inputs)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
