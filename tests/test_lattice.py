@@ -47,3 +47,12 @@ def test_two_species_lattices_give_their_column_spacing_and_non_crystals_none():
         mos2 = make_scene(kind="dopants", period=12, dose=20, size=384, width=width, seed=seed).noisy
         assert min(abs(estimate_period(mos2).period / p - 1) for p in (12 * np.sqrt(3) / 2, 6.0)) < 0.03
     assert not estimate_period(make_scene(kind="amorphous", period=12, dose=20, size=384, seed=3).noisy).found
+
+
+def test_a_gradient_is_not_a_lattice_and_does_not_hide_one():
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float64)
+    for ramp in (xx, 0.3 * xx + yy, xx + np.random.default_rng(0).normal(0, 1, xx.shape)):
+        assert not estimate_period(ramp).found
+    srtio3 = make_scene(kind="vacancies", period=12, dose=2, size=384, seed=1).noisy.astype(np.float64)
+    plain = estimate_period(srtio3).period
+    assert estimate_period(srtio3 + 5.0 * np.mgrid[0:384, 0:384][1]).period == pytest.approx(plain, rel=1e-6)

@@ -55,7 +55,15 @@ def estimate_period(image: np.ndarray, min_period: float = MIN_PERIOD, max_perio
     h, w = img.shape
     if min(h, w) < 16 or img.std() == 0:
         return PeriodEstimate(None, 0.0, 0.0)
-    # remove slow variation (dents, gradients) so it does not leak into the lattice frequencies
+    # remove slow variation (dents, gradients) so it does not leak into the lattice frequencies: first a fitted plane
+    # (a ramp's reflected borders would otherwise ring at long periods), then a broad Gaussian
+    # (rows and columns of a full grid are orthogonal: the plane is the line fits of the row and column means)
+    scale = float(np.abs(img).max())
+    ry, rx = np.arange(h) - (h - 1) / 2, np.arange(w) - (w - 1) / 2
+    img = img - img.mean() - np.outer(ry, np.ones(w)) * (ry @ img.mean(axis=1)) / (ry @ ry) \
+        - np.outer(np.ones(h), rx) * (img.mean(axis=0) @ rx) / (rx @ rx)
+    if img.std() <= 1e-9 * scale:  # a plane and nothing else
+        return PeriodEstimate(None, 0.0, 0.0)
     low = ndimage.gaussian_filter(img, sigma=max_period / 2, mode="reflect")
     win = np.outer(np.hanning(h), np.hanning(w))
     power = np.abs(np.fft.fftshift(np.fft.fft2((img - low) * win))) ** 2
