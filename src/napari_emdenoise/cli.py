@@ -760,7 +760,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     from ._drive import drive
     from .checkpoints import CheckpointError
     from .consistency import ConsistencyError, check
-    from .inference import iter_denoise, resolve_model
+    from .inference import check_period, iter_denoise, resolve_model
 
     if args.tile < 0 or 0 < args.tile < 16:
         raise UsageError(f"--tile is the tile side in px (at least 16; 0 for the whole image at once), not {args.tile}")
@@ -780,8 +780,10 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         raise UsageError(f"writing the results to {args.out} would replace the input '{clash}'; choose another -o")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"-o {args.out} is a file, not a folder: name a folder for the results")
-    if args.period is not None and not (np.isfinite(args.period) and args.period >= 1):
-        raise UsageError(f"--period is the lattice period in px (at least 1), not {args.period}; leave it out to have it estimated")
+    try:
+        check_period(args.period)
+    except ValueError as exc:
+        raise UsageError(f"--period: {exc}") from None
     try:
         net = resolve_model(args.model)
     except (CheckpointError, FileNotFoundError) as exc:

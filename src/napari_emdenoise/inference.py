@@ -125,18 +125,19 @@ def denormalize(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return x
 
 
-def check_period(period, shape: tuple[int, ...]) -> float | None:
-    """A given lattice period (px) as a float, or a ValueError that says what is wrong with it."""
+def check_period(period, shape: tuple[int, ...] | None = None) -> float | None:
+    """A given lattice period (px) as a float, or a ValueError that says what is wrong with it: at least 1 px and, when
+    the image's ``shape`` is known, at most half its side."""
     if period is None:
         return None
     try:
         p = float(period)
     except (TypeError, ValueError):
         raise ValueError(f"the period must be a number of pixels, not {period!r}") from None
-    side = min(shape[-2:])
-    if not (np.isfinite(p) and 1.0 <= p <= side / 2):
-        raise ValueError(f"the period must be between 1 px and half the image side ({side / 2:g} px), not {period!r}; "
-                         "leave it out to have it estimated")
+    top = min(shape[-2:]) / 2 if shape is not None else np.inf
+    if not (np.isfinite(p) and 1.0 <= p <= top):
+        within = f"between 1 px and half the image side ({top:g} px)" if shape is not None else "a finite number of px, at least 1"
+        raise ValueError(f"the period must be {within}, not {period!r}; leave it out to have it estimated")
     return p
 
 

@@ -24,6 +24,7 @@ crash mid-write leaves the last good one; :func:`train` with ``resume=True`` con
 exactly where it stopped. Generators are also written in the reference naming
 (``latest_net_G_A.pth`` ...) and in our ``.safetensors`` format for the Denoise flow.
 """
+
 from __future__ import annotations
 
 import csv
@@ -80,25 +81,24 @@ def train(
         raise TrainingError(f"paired mode needs as many clean as noisy images (got {len(clean)} and {len(noisy)})")
     if not 1 < cfg.clip < 1000:
         raise TrainingError(f"the input clip must be a number above 1 (normalised units; 3 or 8 are usual), not {cfg.clip}")
-    if cfg.rescale:
-        noisy_periods = [estimate_period(np.asarray(n, dtype=np.float32)).period if np.ndim(n) == 2 else None for n in noisy]
-    else:  # nothing is resampled: a sample of periods gives the range the model is trained on
-        step = max(1, len(noisy) // 64)
-        noisy_periods = [estimate_period(np.asarray(n, dtype=np.float32)).period if np.ndim(n) == 2 else None
-                         for n in noisy[::step]] if cfg.period is None or cfg.period_range is None else []
-    period = cfg.period
-    found = [p for p in noisy_periods if p]
-    if period is None:
-        period = float(np.median(found)) if found else None
-        cfg = replace(cfg, period=period)
-    if not cfg.rescale and cfg.period_range is None and found:
-        cfg = replace(cfg, period_range=(float(np.percentile(found, 5)), float(np.percentile(found, 95))))
     if cfg.period_range is not None and not 1 <= cfg.period_range[0] <= cfg.period_range[1] <= 1000:
         raise TrainingError(f"the period range must be two periods of 1-1000 px, low to high, not {cfg.period_range}")
+    # every image's period to resample it; without resampling, a sample of them for the range the model is trained on
+    sample = noisy if cfg.rescale else noisy[:: max(1, len(noisy) // 64)]
+    needed = cfg.rescale or cfg.period is None or cfg.period_range is None
+    noisy_periods = [estimate_period(np.asarray(n, dtype=np.float32)).period if np.ndim(n) == 2 else None
+                     for n in sample] if needed else []
+    found = [p for p in noisy_periods if p]
+    if cfg.period is None:
+        cfg = replace(cfg, period=float(np.median(found)) if found else None)
+    if not cfg.rescale and cfg.period_range is None and found:
+        cfg = replace(cfg, period_range=(float(np.percentile(found, 5)), float(np.percentile(found, 95))))
+    period = cfg.period
+    own = noisy_periods if cfg.rescale else None
     if cfg.mode == "paired":
-        dom_a, dom_b = _prepare(noisy, noisy_names, period, cfg, partners=clean, periods=noisy_periods)
+        dom_a, dom_b = _prepare(noisy, noisy_names, period, cfg, partners=clean, periods=own)
     else:
-        dom_a, _ = _prepare(noisy, noisy_names, period, cfg, periods=noisy_periods)
+        dom_a, _ = _prepare(noisy, noisy_names, period, cfg, periods=own)
         dom_b, _ = _prepare(clean, clean_names, period, cfg)
     _check_writable(run_dir)
     for stale in run_dir.glob(".*.part"):  # half-written files of a run that died mid-write
