@@ -88,14 +88,13 @@ def main() -> int:
         return fidelity_main(args, py)
     images = list(suite(args.quick))
     try:
-        peer, child = run_peer(py, {f"i{k}": sim.noisy for k, (_, sim, _) in enumerate(images)}, args.network)
+        peer, child = run_peer(py, {f"i{k}": sim.noisy for k, (_, sim, _, _) in enumerate(images)}, args.network)
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1
     net = resolve_model(None)
     rows = []
-    for k, (name, sim, has_dent) in enumerate(images):
-        period = float(name.split()[1])
+    for k, (name, sim, has_dent, period) in enumerate(images):
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DenoiseWarning)  # "resampled to the model's period"
@@ -137,6 +136,7 @@ def fidelity_main(args, py: Path) -> int:
     import torch
 
     from napari_emdenoise import fidelity
+    from napari_emdenoise.jobs import drive
 
     scenes = list(fidelity.suite(args.quick))
     try:
@@ -153,7 +153,7 @@ def fidelity_main(args, py: Path) -> int:
     methods = fidelity.classical_methods()
     methods[name] = tk_r_em
     methods["model"] = fidelity.model_method(None)
-    run = fidelity.run_fidelity(methods, args.quick, progress=lambda n, m: print(f"{n:28s} {m}", file=sys.stderr))
+    run = drive(fidelity.iter_fidelity(methods, args.quick), lambda e: print(e.message, file=sys.stderr))
     by_name = {n: key[s.params.seed] for n, s in scenes}
     for row in run.rows:  # the peer's time is its own network's, measured in its process
         if row["method"] == name:

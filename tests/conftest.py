@@ -60,7 +60,7 @@ def trained_model(tmp_path_factory):
     """A small real denoiser: resnet_6blocks, ngf 8, trained paired for 200 iterations (~10 s) at period 12.
 
     The first training schedule this project used: learning rate 2e-3 decaying linearly from the start."""
-    from napari_emdenoise._drive import drive as run
+    from napari_emdenoise.jobs import drive as run
     from napari_emdenoise.nets import GeneratorConfig
     from napari_emdenoise.simulate import simulate
     from napari_emdenoise.train import TrainConfig, train

@@ -137,7 +137,7 @@ def test_cancel_leaves_a_manifest_of_exactly_what_was_written(tmp_path, lattice,
     spec = TargetSpec(zooms=[Zoom("z", atoms=(10, 10))], per_mask=5)
     gen = iter_build_targets(lattice, masks, spec, tmp_path / "set")
     for _ in range(3):
-        assert next(gen)[1] == 10
+        assert next(gen).total == 10
     gen.close()  # the user pressed Cancel
     meta = json.loads((tmp_path / "set" / "manifest.json").read_text())
     on_disk = sorted(p.relative_to(tmp_path / "set").as_posix() for p in (tmp_path / "set" / "trainB").iterdir())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_emdenoise import denoise, load_generator
-from napari_emdenoise._drive import drive as run
+from napari_emdenoise.jobs import drive as run
 from napari_emdenoise.nets import GeneratorConfig
 from napari_emdenoise.simulate import simulate
 from napari_emdenoise.train import ImagePool, TrainConfig, TrainingError, train
@@ -91,7 +91,7 @@ CRASH = textwrap.dedent("""
     import napari_emdenoise.checkpoints as ck
     from napari_emdenoise.nets import GeneratorConfig
     from napari_emdenoise.simulate import simulate
-    from napari_emdenoise._drive import drive as run
+    from napari_emdenoise.jobs import drive as run
     from napari_emdenoise.train import TrainConfig, train
     real_save, calls = torch.save, []
     def dying_save(obj, f, *a, **k):

@@ -54,7 +54,7 @@ def test_build_writes_the_set_in_a_worker(make_napari_viewer, qtbot, tmp_path):
     meta = json.loads((tmp_path / "set" / "manifest.json").read_text())
     assert meta["complete"] and len(meta["files"]) == 4
     assert len(list((tmp_path / "set" / "trainB").iterdir())) == 3
-    assert w._build.enabled
+    assert w._run.enabled
 
 
 def test_widget_is_in_the_plugins_menu(make_napari_viewer):

@@ -39,8 +39,8 @@ def test_denoise_adds_a_layer_with_the_input_shape_and_scale(widget, qtbot):
     assert w._run.enabled and not w._cancel.enabled
     # the consistency check ran: its one line under the button, its summary on the layer, no map unless asked
     expected = check(sim.noisy, out.data)
-    assert w._consistency.value == expected.text()
-    assert "disagree with the data" in w._consistency.value or "consistent with the data" in w._consistency.value
+    assert w._status.value == expected.text()
+    assert "disagree with the data" in w._status.value or "consistent with the data" in w._status.value
     assert out.metadata["consistency"] == expected.summary()
     assert [layer.name for layer in viewer.layers] == ["scan", "scan denoised"]
 
@@ -64,7 +64,7 @@ def test_consistency_map_layer_when_asked_for(widget, qtbot):
     expected = check(sim.noisy, viewer.layers["scan denoised"].data)
     np.testing.assert_array_equal(z.data, expected.z)
     assert z.metadata["consistency"] == expected.summary() == viewer.layers["scan denoised"].metadata["consistency"]
-    assert w._consistency.value == expected.text()
+    assert w._status.value == expected.text()
 
 
 def test_a_check_that_cannot_run_still_adds_the_denoised_layer(widget, qtbot, monkeypatch):
@@ -83,7 +83,7 @@ def test_a_check_that_cannot_run_still_adds_the_denoised_layer(widget, qtbot, mo
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
     qtbot.waitUntil(lambda: "holes denoised" in viewer.layers, timeout=5_000)
-    assert w._consistency.value.startswith("the check could not run: ") and "NaN" in w._consistency.value
+    assert w._status.value.startswith("the check could not run: ") and "NaN" in w._status.value
     assert [layer.name for layer in viewer.layers] == ["holes", "holes denoised"]
     assert "consistency" not in viewer.layers["holes denoised"].metadata
 
@@ -129,7 +129,7 @@ def test_current_slice_of_a_stack(widget, qtbot):
     qtbot.waitUntil(lambda: "series denoised [1]" in viewer.layers, timeout=5_000)
     assert viewer.layers["series denoised [1]"].data.shape == (3, 96, 96)
     assert viewer.layers["series denoised [1]"].metadata["consistency"]["regions"] >= 0  # the stack was checked too
-    assert w._consistency.value
+    assert w._status.value
 
 
 def test_a_bad_checkpoint_is_reported_when_chosen(widget, tmp_path):

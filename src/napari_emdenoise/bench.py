@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from .inference import DenoiseWarning, denoise, resolve_model
+from .jobs import Event, Job
 from .lattice import estimate_period
 from .metrics import Scores, psnr, score
 from .simulate import SimResult, simulate
@@ -39,13 +40,13 @@ SUITE = [  # lattice, period px, dose, dent
 QUICK = [SUITE[2], SUITE[5], SUITE[8], SUITE[11]]
 
 
-def suite(quick: bool = False) -> Iterator[tuple[str, SimResult, bool]]:
-    """(name, simulated image, has a dent) for each image of the suite."""
+def suite(quick: bool = False) -> Iterator[tuple[str, SimResult, bool, float]]:
+    """(name, simulated image, has a dent, period in px) for each image of the suite."""
     size = 256 if quick else 384
     for i, (lattice, period, dose, dent) in enumerate(QUICK if quick else SUITE):
         sim = simulate(size=(size, size), lattice=lattice, period=period, dose=dose, dents=dent, dent_depth=0.35,
                        dent_radius=0.23 * size, angle=11 * i, row_offset=0.3, seed=500 + SUITE.index((lattice, period, dose, dent)))
-        yield f"{lattice} {period} px, dose {dose}{', dent' if dent else ''}", sim, bool(dent)
+        yield f"{lattice} {period} px, dose {dose}{', dent' if dent else ''}", sim, bool(dent), float(period)
 
 
 # --------------------------------------------------------------------------- classical methods
@@ -94,8 +95,8 @@ def available_methods() -> dict[str, Callable]:
     return methods
 
 
-def run_bench(quick: bool = False, extra: dict[str, str] | None = None, progress=None):
-    """Score every method on every image.
+def iter_bench(quick: bool = False, extra: dict[str, str] | None = None) -> Job[tuple[list[dict], tuple | None]]:
+    """A job (:mod:`.jobs`): score every method on every image, an :class:`Event` per (image, method).
 
     Returns one row per (image, method), and (image, {method: output}) of the first dented
     image for the figure.
@@ -104,9 +105,10 @@ def run_bench(quick: bool = False, extra: dict[str, str] | None = None, progress
     models = {"model": resolve_model(None)}
     for name, path in (extra or {}).items():
         models[name] = resolve_model(path)
+    images = list(suite(quick))
+    total, done = len(images) * (len(methods) + len(models)), 0
     rows, figure = [], None
-    for name, sim, has_dent in suite(quick):
-        period = float(name.split()[1])
+    for name, sim, has_dent, period in images:
         outputs = {}
         for method, fn in list(methods.items()) + [(m, None) for m in models]:
             t0 = time.perf_counter()
@@ -120,8 +122,8 @@ def run_bench(quick: bool = False, extra: dict[str, str] | None = None, progress
             s: Scores = score(np.asarray(out, dtype=np.float64), sim.clean, sim.dent if has_dent else None, period)
             rows.append({"image": name, "method": method, **s.to_dict(), "seconds": seconds})
             outputs[method] = out
-            if progress is not None:
-                progress(name, method)
+            done += 1
+            yield Event(done, total, "bench", f"{name}: {method}")
         if has_dent and figure is None:
             figure = (sim, outputs)
     return rows, figure

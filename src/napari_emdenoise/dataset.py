@@ -22,11 +22,11 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Generator, Iterator
+from typing import Iterator
 
 import numpy as np
 
-from ._drive import drive
+from .jobs import Event, Job, drive
 from .io import is_tiff_path, read_tiff, safe_stem, write_tiff
 from .lattice import estimate_period, resample
 from .masks import apply_mask
@@ -170,8 +170,8 @@ def iter_targets(lattice: np.ndarray, masks: dict[str, np.ndarray], spec: Target
 def iter_build_targets(
     lattice: np.ndarray, masks: dict[str, np.ndarray], spec: TargetSpec, out: str | Path,
     noisy: dict[str, np.ndarray] | None = None, overwrite: bool = False,
-) -> Generator[tuple[int, int], None, list[Path]]:
-    """Write the target set to ``out``, yielding (written, total) after each target; returns the files.
+) -> Job[list[Path]]:
+    """A job (:mod:`.jobs`): write the target set to ``out``, an :class:`Event` after each target; returns the files.
 
     Closing the generator (Cancel) stops after the current file; the manifest is written in
     every case and lists exactly the files that exist (``complete`` says whether all do).
@@ -199,7 +199,7 @@ def iter_build_targets(
                 "crop_row": t.origin[0], "crop_col": t.origin[1], "rotate_cw": spec.rotate,
                 "dent_depth": spec.dent_depth, "seed": spec.seed,
             })
-            yield n, total
+            yield Event(n, total, "targets")
     finally:
         out.mkdir(parents=True, exist_ok=True)
         with open(manifest_csv, "w", newline="") as fh:
@@ -228,6 +228,5 @@ def build_targets(
     lattice: np.ndarray, masks: dict[str, np.ndarray], spec: TargetSpec, out: str | Path,
     noisy: dict[str, np.ndarray] | None = None, overwrite: bool = False, progress=None,
 ) -> list[Path]:
-    """Write the target set (see :func:`iter_build_targets`); ``progress(written, total)`` per target."""
-    gen = iter_build_targets(lattice, masks, spec, out, noisy=noisy, overwrite=overwrite)
-    return drive(gen, (lambda step: progress(*step)) if progress is not None else None)
+    """Write the target set (see :func:`iter_build_targets`); ``progress(event)`` per target."""
+    return drive(iter_build_targets(lattice, masks, spec, out, noisy=noisy, overwrite=overwrite), progress)

@@ -41,6 +41,7 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.metrics import structural_similarity
 
+from .jobs import Event, Job
 from .metrics import align, dent_contrast, find_columns, match_columns
 from .scenes import (ADATOM, AMORPHOUS, AMORPHOUS_REGION, BENCHMARK_SEEDS, DOPANT, HEAVY, LIGHT, LIGHT_BANDS, VACANCY_HEAVY, VACANCY_LIGHT, VACUUM,
                      Scene, make_scene)
@@ -242,17 +243,16 @@ class FidelityRun:
 FIGURE_KINDS = ("vacancies", "dopants", "amorphous", "particle")
 
 
-def run_fidelity(methods: dict[str, Method], quick: bool = False, progress: Callable[[str, str], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> FidelityRun:
-    """Every method on every scene: measures, consistency and seconds."""
+def iter_fidelity(methods: dict[str, Method], quick: bool = False) -> Job[FidelityRun]:
+    """A job (:mod:`.jobs`): every method on every scene (measures, consistency and seconds), an
+    :class:`Event` per (scene, method)."""
     from .consistency import ConsistencyError, check
 
     rows, figure, shown = [], [], set()
+    total, done = len(QUICK if quick else SUITE) * len(methods), 0
     for name, scene in suite(quick):
         outputs = {}
         for method, fn in methods.items():
-            if should_stop is not None and should_stop():
-                raise KeyboardInterrupt
             t0 = time.perf_counter()
             out = np.asarray(fn(scene), dtype=np.float32)
             seconds = time.perf_counter() - t0
@@ -264,8 +264,8 @@ def run_fidelity(methods: dict[str, Method], quick: bool = False, progress: Call
                 row["flagged_regions"], row["flagged_share"] = -1, float("nan")
             rows.append(row)
             outputs[method] = out
-            if progress is not None:
-                progress(name, method)
+            done += 1
+            yield Event(done, total, "fidelity", f"{name}: {method}")
         if scene.params.kind in FIGURE_KINDS and scene.params.kind not in shown:
             shown.add(scene.params.kind)
             figure.append((name, scene, outputs))

@@ -1,8 +1,8 @@
 """The one way to denoise: normalise -> rescale -> tiles -> batches -> device -> blend -> back.
 
-:func:`iter_denoise` is a generator of :class:`Progress` events that returns the result;
-the napari widget runs it in a ``thread_worker`` (quitting the worker cancels it at the
-next batch) and :func:`denoise` drives it for scripts and the CLI.
+:func:`iter_denoise` is a job (:mod:`.jobs`): a generator of :class:`Progress` events that
+returns the result; the napari widget runs it in a worker (Cancel closes it at the next batch)
+and :func:`denoise` drives it for scripts and the CLI.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import tiling
-from ._drive import Stopped, drive
+from .jobs import Event, Stopped, drive
 from .checkpoints import ModelInfo, load_generator, model_info
 from .lattice import estimate_period, resample
 
@@ -40,12 +40,10 @@ class Cancelled(Exception):
     """The run was cancelled; no result exists."""
 
 
-@dataclass(frozen=True)
-class Progress:
+@dataclass
+class Progress(Event):
     """``done`` of ``total`` tiles (over all planes of a stack)."""
 
-    done: int
-    total: int
     stage: str = "denoise"
 
 
@@ -82,13 +80,20 @@ def pick_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def available_devices() -> list[str]:
-    devs = ["auto", "cpu"]
+def devices() -> list[str]:
+    """The compute devices torch can use here, named: ``cpu``, ``cuda:0 (NVIDIA H200)``, ``mps``."""
+    found = ["cpu"]
     if torch.cuda.is_available():
-        devs.insert(1, "cuda")
+        found += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     if _mps_available():
-        devs.insert(1, "mps")
-    return devs
+        found.append("mps")
+    return found
+
+
+def available_devices() -> list[str]:
+    """The choices of a device setting: ``auto`` (the fastest found), then each kind of device found."""
+    kinds = {d.split(":")[0].split(" ")[0] for d in devices()}
+    return ["auto", *(k for k in ("cuda", "mps") if k in kinds), "cpu"]
 
 
 def resolve_model(model: str | os.PathLike | nn.Module | None) -> nn.Module:

@@ -615,14 +615,16 @@ def _write_one(args) -> dict:
 def write_training_set(out, n: int, seed: int, *, size: int = 384, periods: tuple[float, float] = (6.0, 24.0),
                        doses: tuple[float, float] = (0.8, 40.0), jobs: int = 1, prefix: str = "scene", overwrite: bool = False):
     """Write ``n`` drawn scenes as OUT/noisy/NAME.tif (uint16) and OUT/clean/NAME.tif (float32 :func:`target`), with
-    OUT/scenes.json listing every scene's parameters, written last (a folder without it holds a partial set). Yields
-    the number written so far; returns the JSON's path.
+    OUT/scenes.json listing every scene's parameters, written last (a folder without it holds a partial set). A job
+    (:mod:`.jobs`): an :class:`Event` per scene written; returns the JSON's path.
 
     An existing set (or any TIFF in OUT/noisy or OUT/clean) is refused unless ``overwrite``; then the old set's files
     are removed first, so no stale pair stays behind. TIFFs of other names are never removed: such a folder is refused.
     """
     import json
     from pathlib import Path
+
+    from .jobs import Event
 
     out = Path(out)
     if n < 1:
@@ -649,11 +651,11 @@ def write_training_set(out, n: int, seed: int, *, size: int = 384, periods: tupl
         with ProcessPoolExecutor(jobs) as pool:
             for rec in pool.map(_write_one, todo, chunksize=4):
                 records.append(rec)
-                yield len(records)
+                yield Event(len(records), n, "scenes", rec["name"])
     else:
         for t in todo:
             records.append(_write_one(t))
-            yield len(records)
+            yield Event(len(records), n, "scenes", t[1])
     meta.write_text(json.dumps({"seed": seed, "size": size, "periods": list(periods), "doses": list(doses), "scenes": records},
                                indent=1) + "\n")
     return meta

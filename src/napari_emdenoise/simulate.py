@@ -231,3 +231,51 @@ def simulate(params: SimParams | None = None, **kwargs) -> SimResult:
         species=species,
         params=p,
     )
+
+
+def write_set(out, n: int, params: SimParams, *, prefix: str = "sim", pixel_size: float | None = None,
+              overwrite: bool = False):
+    """A job (:mod:`.jobs`): write ``n`` simulated pairs to ``out``; returns the parameters file.
+
+    ``out/noisy``, ``out/clean`` and ``out/dent`` get ``PREFIX_NNNN.tif`` (image i uses seed
+    ``params.seed + i``), ``out/positions`` the true column positions (CSV: row, col, Z) and
+    ``out/simulate.json`` (``out/PREFIX.json`` for another prefix) every parameter and seed.
+    Nothing is written when a file would be replaced without ``overwrite``.
+    """
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    from . import __version__
+    from .io import write_tiff
+    from .jobs import Event
+
+    if n < 1:
+        raise ValueError(f"the number of images must be at least 1, got {n}")
+    out = Path(out)
+    names = [f"{prefix}_{i:04d}" for i in range(n)]
+    meta_path = out / ("simulate.json" if prefix == "sim" else f"{prefix}.json")
+    existing = [t for t in [out / sub / f"{m}.tif" for m in names for sub in ("noisy", "clean", "dent")] + [meta_path]
+                if t.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{len(existing)} output file(s) exist already (e.g. '{existing[0]}'); "
+                              "replace them (--overwrite) or choose another folder")
+    records = []
+    for i, name in enumerate(names):
+        sim = simulate(replace(params, seed=params.seed + i))
+        for sub, arr in (("noisy", sim.noisy), ("clean", sim.clean), ("dent", sim.dent)):
+            write_tiff(out / sub / f"{name}.tif", arr, pixel_size=pixel_size, overwrite=True)
+        pos_path = out / "positions" / f"{name}.csv"
+        pos_path.parent.mkdir(parents=True, exist_ok=True)
+        np.savetxt(pos_path, np.column_stack([sim.positions, sim.species]), delimiter=",", fmt="%.4f",
+                   header="row,col,Z", comments="")
+        records.append({"name": name, "seed": params.seed + i, "n_columns": int(len(sim.positions))})
+        yield Event(i + 1, n, "simulate", name)
+    meta = {
+        "generator": f"napari-emdenoise {__version__} simulate",
+        "params": {k: v for k, v in params.to_dict().items() if k != "seed"},
+        "pixel_size_nm": pixel_size,
+        "images": records,
+    }
+    meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta_path

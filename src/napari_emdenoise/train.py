@@ -64,6 +64,8 @@ def train(
     run_dir = Path(run_dir)
     if resume:
         cfg = load_run_config(run_dir)
+    elif (run_dir / CONFIG).exists():
+        raise TrainingError(f"'{run_dir}' already holds a run: continue it (resume; CLI: --resume) or choose another folder")
     cfg = cfg or TrainConfig()
     if cfg.mode not in ("cyclegan", "paired"):
         raise TrainingError(f"mode must be 'cyclegan' or 'paired', not {cfg.mode!r}")
@@ -149,10 +151,9 @@ def train(
                 if new_log:
                     writer.writeheader()
             writer.writerow({"iteration": it, "lr": lr, **{k: round(v, 6) for k, v in losses.items()}})
-            ckpt = None
             if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
                 log.flush()
-                ckpt = str(save_run(run_dir, model, it, rng, info))
+                save_run(run_dir, model, it, rng, info)
                 saved_at = it
             preview = None
             if cfg.preview_every and (it % cfg.preview_every == 0 or it == start + 1):
@@ -162,7 +163,7 @@ def train(
                     net.train()
             elapsed = time.perf_counter() - t0
             eta = elapsed / (it - start) * (cfg.iterations - it)
-            yield TrainEvent(it, cfg.iterations, losses, lr, elapsed, eta, preview, ckpt)
+            yield TrainEvent(done=it, total=cfg.iterations, losses=losses, lr=lr, elapsed=elapsed, eta=eta, preview=preview)
     except GeneratorExit:  # stopped at a yield, i.e. between two complete iterations: keep the work
         if it > saved_at:
             save_run(run_dir, model, it, rng, info)

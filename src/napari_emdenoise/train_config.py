@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .jobs import Event
 from .nets import GeneratorConfig
 
 PRESETS = {
@@ -68,13 +69,17 @@ class TrainConfig:
         return cls(**{**d, "generator": GeneratorConfig(**d["generator"]), "period_range": tuple(pr) if pr else None})
 
 
-@dataclass(frozen=True)
-class TrainEvent:
-    iteration: int
-    total: int
+@dataclass(kw_only=True)
+class TrainEvent(Event):
+    """One complete training iteration (``done`` of ``total``), with its losses."""
+
+    stage: str = "train"
     losses: dict
     lr: float
     elapsed: float  # seconds in this session
     eta: float  # seconds left, from this session's speed
     preview: np.ndarray | None = None  # G_A on a fixed noisy crop, on the input's scale
-    checkpoint: str | None = None  # path written at this iteration, if any
+
+    @property
+    def iteration(self) -> int:
+        return self.done

@@ -68,3 +68,12 @@ def _crops(rng: np.random.Generator, domain: _Domain, n: int, size: int, partner
             dst.append(np.ascontiguousarray(crop[:, ::-1] if flip else crop))
     tx = torch.from_numpy(np.stack(xs)[:, None])
     return (tx, torch.from_numpy(np.stack(ys)[:, None])) if partner else tx
+
+
+def pair_by_name(noisy_names: list[str], clean: list[np.ndarray], clean_names: list[str]) -> list[np.ndarray]:
+    """The clean image of each noisy one, matched by file name (paired training); an error names the unmatched."""
+    by_name = dict(zip(clean_names, clean))
+    missing = [n for n in noisy_names if n not in by_name]
+    if missing:
+        raise TrainingError(f"paired mode pairs files by name; no clean file for {missing[:3]}")
+    return [by_name[n] for n in noisy_names]

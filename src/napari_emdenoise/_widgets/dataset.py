@@ -11,18 +11,7 @@ from __future__ import annotations
 
 import napari
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    LineEdit,
-    ProgressBar,
-    PushButton,
-    Select,
-    SpinBox,
-)
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdit, PushButton, Select, SpinBox
 from napari.utils.notifications import show_error, show_info
 
 from ..dataset import (
@@ -35,19 +24,20 @@ from ..dataset import (
 from ..io import ImageFileError, list_tiffs, read_tiff
 from ..simulate import simulate
 from ._common import chosen_path
-from ._worker import ClosingWorker
+from .base import JobWidget
 
 SIMULATED = "simulated lattice"
 PREVIEW = "target "  # name prefix of preview layers
 
 
-class DatasetWidget(Container):
+class DatasetWidget(JobWidget):
     """Build a training target set from a clean lattice and dent masks."""
 
+    what = "Building the target set"
+    cancelled = "the manifest lists the targets written so far."
+
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
-        self._worker = None
+        super().__init__(napari_viewer, "Build")
         self._lattice = ComboBox(choices=self._lattice_choices, label="clean lattice")
         self._sim_period = FloatSpinBox(value=16.0, min=3.0, max=100.0, step=0.5, label="simulated period (px)")
         self._mask_layers = Select(choices=self._mask_choices, label="mask layers")
@@ -61,15 +51,10 @@ class DatasetWidget(Container):
         self._out = FileEdit(mode="d", value="", label="output folder")
         self._overwrite = CheckBox(value=False, text="replace an existing set")
         self._preview = PushButton(text="Preview 4 targets")
-        self._build = PushButton(text="Build")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._progress = ProgressBar(value=0, min=0, max=1, label="progress", visible=False)
         self.extend([self._lattice, self._sim_period, self._mask_layers, self._mask_dir, self._noisy_layers, self._zooms,
                      self._per_mask, self._rotate, self._depth, self._seed, self._out, self._overwrite, self._preview,
-                     self._build, self._cancel, self._progress])
-        self._preview.clicked.connect(self.preview)
-        self._build.clicked.connect(self.start)
-        self._cancel.clicked.connect(self.cancel)
+                     *self.run_controls()])
+        self._preview.clicked.connect(lambda *_: self.preview())  # clicked(False) must not arrive as the count
 
     # ------------------------------------------------------------------ choices (napari calls reset_choices)
     def _image_layers(self):
@@ -134,26 +119,10 @@ class DatasetWidget(Container):
         except (DatasetError, ImageFileError, ValueError) as exc:
             show_error(str(exc))
             return None
+        self._target = out
+        return self.launch(iter_build_targets, lattice, masks, spec, out, noisy=noisy,
+                           overwrite=bool(self._overwrite.value))
 
-        self._worker = ClosingWorker(iter_build_targets, lattice, masks, spec, out, noisy=noisy,
-                                     overwrite=bool(self._overwrite.value))
-        self._worker.yielded.connect(lambda step: self._set_progress(*step))
-        self._worker.returned.connect(lambda _: show_info(f"Target set written to {out}"))
-        self._worker.aborted.connect(lambda: show_info("Cancelled: the manifest lists the targets written so far."))
-        self._worker.errored.connect(lambda exc: show_error(f"Building the target set failed: {exc}"))
-        self._worker.finished.connect(self._finished)
-        self._build.enabled, self._cancel.enabled, self._progress.visible = False, True, True
-        self._worker.start()
-        return self._worker
-
-    def cancel(self) -> None:
-        if self._worker is not None:
-            self._worker.quit()
-
-    def _set_progress(self, n: int, total: int) -> None:
-        self._progress.max = max(total, 1)
-        self._progress.value = min(n, total)
-
-    def _finished(self) -> None:
-        self._worker = None
-        self._build.enabled, self._cancel.enabled, self._progress.visible = True, False, False
+    def on_result(self, files) -> None:
+        self._status.value = f"{len(files)} files written to {self._target}"
+        show_info(f"Target set written to {self._target}")

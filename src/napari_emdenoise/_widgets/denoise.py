@@ -14,33 +14,16 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    Label,
-    ProgressBar,
-    PushButton,
-    SpinBox,
-    create_widget,
-)
-from napari.qt.threading import GeneratorWorker
-from napari.utils.notifications import show_error, show_info
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, SpinBox, create_widget
+from napari.utils.notifications import show_error
 
 from ..checkpoints import CheckpointError, model_info
 from ..consistency import Consistency, ConsistencyError, check
-from ..inference import (
-    DEFAULT_MODEL,
-    Progress,
-    available_devices,
-    iter_denoise,
-    resolve_model,
-)
+from ..inference import DEFAULT_MODEL, available_devices, iter_denoise, resolve_model
 from ..lattice import estimate_period
 from ._common import current_plane
 from ._worker import ClosingWorker
+from .base import JobWidget
 
 BUNDLED = "bundled default"
 FILE = "checkpoint file"
@@ -59,13 +42,14 @@ def _denoise_and_check(data, model, **kwargs):
     return result, cons
 
 
-class DenoiseWidget(Container):
+class DenoiseWidget(JobWidget):
     """Denoise the selected image layer (its current slice or the whole stack)."""
 
+    what = "Denoising"
+    cancelled = "no layer was added."
+
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
-        self._worker: GeneratorWorker | None = None
+        super().__init__(napari_viewer, "Denoise")
         self._model = None  # the loaded generator, cached between runs
         self._model_key: str | None = None
 
@@ -86,22 +70,14 @@ class DenoiseWidget(Container):
                              tooltip="z: data minus output in units of the noise (bwr colormap, ±2 x threshold); "
                                      "red: the data are brighter (something erased), blue: the output is "
                                      "brighter (something invented)")
-        self._run = PushButton(text="Denoise")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._progress = ProgressBar(value=0, min=0, max=1, label="progress", visible=False)
-        self._consistency = Label(value="", label="consistency")
-        self._consistency.native.setWordWrap(True)  # one line of text, wrapped to the dock's width
         self.extend([
             self._image, self._source, self._file, self._model_label, self._tile, self._overlap, self._device,
-            self._rescale, self._period, self._period_label, self._stack, self._map, self._run, self._cancel,
-            self._progress, self._consistency,
+            self._rescale, self._period, self._period_label, self._stack, self._map, *self.run_controls(),
         ])
         self._file.visible = self._source.value == FILE
         self._source.changed.connect(self._on_source)
         self._file.changed.connect(self._on_model_changed)
         self._image.changed.connect(self._on_image)
-        self._run.clicked.connect(self.start)
-        self._cancel.clicked.connect(self.cancel)
         self._on_model_changed()
         self._on_image()
 
@@ -150,7 +126,7 @@ class DenoiseWidget(Container):
         )
 
     # ------------------------------------------------------------------ running
-    def start(self) -> GeneratorWorker | None:
+    def start(self) -> ClosingWorker | None:
         """Start denoising in a worker thread; returns the worker (None if nothing could start)."""
         layer = self._image.value
         if layer is None:
@@ -159,6 +135,7 @@ class DenoiseWidget(Container):
         if self._model is None:
             self._on_model_changed()
             if self._model is None:
+                show_error(f"No model to denoise with: {self._model_label.value}.")
                 return None
         whole_stack = layer.ndim > 2 and self._stack.value
         data = np.asarray(layer.data) if (layer.ndim == 2 or whole_stack) else current_plane(self._viewer, layer)
@@ -172,38 +149,23 @@ class DenoiseWidget(Container):
         units = getattr(layer, "units", None)
         if units is not None:
             meta["units"] = tuple(units[-ndim_out:])
-        map_name = f"{layer.name} consistency" if self._map.value else None
-        self._worker = ClosingWorker(
+        self._pending = (meta, f"{layer.name} consistency" if self._map.value else None)
+        self._status.value = ""
+        return self.launch(
             _denoise_and_check, data, self._model, tile=self._tile.value or None, overlap=self._overlap.value,
             device=self._device.value, period=self._period.value or None, rescale=self._rescale.value,
         )
-        self._worker.yielded.connect(self._on_progress)
-        self._worker.returned.connect(lambda out: self._add_result(*out, meta, map_name))
-        self._worker.errored.connect(lambda exc: show_error(f"Denoising failed: {exc}"))
-        self._worker.aborted.connect(lambda: show_info("Denoising cancelled; no layer was added."))
-        self._worker.finished.connect(self._on_finished)
-        self._set_running(True)
-        self._worker.start()
-        return self._worker
 
-    def cancel(self) -> None:
-        """Stop before the next batch; the worker closes the core generator in its thread."""
-        if self._worker is not None:
-            self._worker.quit()
-
-    def _on_progress(self, p: Progress) -> None:
-        self._progress.max = max(p.total, 1)
-        self._progress.value = min(p.done, p.total)
-
-    def _add_result(self, result: np.ndarray, cons: Consistency | ConsistencyError, meta: dict,
-                    map_name: str | None) -> None:
+    def on_result(self, out: tuple[np.ndarray, Consistency | ConsistencyError]) -> None:
+        result, cons = out
+        meta, map_name = self._pending
         if isinstance(cons, ConsistencyError):
             self._viewer.add_image(result, **meta)
-            self._consistency.value = f"the check could not run: {cons}"
+            self._status.value = f"the check could not run: {cons}"
             return
         summary = cons.summary()
         self._viewer.add_image(result, **{**meta, "metadata": {**meta["metadata"], "consistency": summary}})
-        self._consistency.value = cons.text()
+        self._status.value = cons.text()
         if map_name is not None:
             limit = 2 * cons.threshold
             extra = {"units": meta["units"]} if "units" in meta else {}
@@ -212,15 +174,3 @@ class DenoiseWidget(Container):
                 contrast_limits=(-limit, limit), **extra,
                 metadata={"source_layer": meta["metadata"]["source_layer"], "consistency": summary},
             )
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        self._set_running(False)
-
-    def _set_running(self, running: bool) -> None:
-        self._run.enabled = not running
-        self._cancel.enabled = running
-        self._progress.visible = running
-        if running:
-            self._progress.value = 0
-            self._consistency.value = ""

@@ -15,18 +15,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    Label,
-    ProgressBar,
-    PushButton,
-    Select,
-    SpinBox,
-)
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushButton, Select, SpinBox
 from napari.qt.threading import GeneratorWorker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QPointF
@@ -46,7 +35,7 @@ from ..train import (
     train,
 )
 from ._common import chosen_path
-from ._worker import ClosingWorker
+from .base import JobWidget
 
 CYCLEGAN = "CycleGAN: noisy -> target folder"
 PAIRED_SIM = "paired: simulated pairs"
@@ -100,13 +89,13 @@ class LossPlot(QWidget):
             p.drawText(pad + 4, 14 + 14 * i, name)
 
 
-class TrainWidget(Container):
+class TrainWidget(JobWidget):
     """Train a denoiser in the background with progress, loss curve, preview, Pause and Stop."""
 
+    what = "Training"
+
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
-        self._worker = None
+        super().__init__(napari_viewer, "Start", cancel_text="Stop (saves a checkpoint)")
         self._mode = ComboBox(choices=[CYCLEGAN, PAIRED_SIM], value=CYCLEGAN, label="method")
         self._noisy_layers = Select(choices=self._image_choices, label="noisy layers")
         self._noisy_dir = FileEdit(mode="d", value="", label="or noisy folder")
@@ -118,20 +107,14 @@ class TrainWidget(Container):
         self._device = ComboBox(choices=available_devices(), value="auto", label="device")
         self._out = FileEdit(mode="d", value="", label="output folder")
         self._resume = CheckBox(value=False, text="continue the run in the output folder")
-        self._start = PushButton(text="Start")
         self._pause = PushButton(text="Pause", enabled=False)
-        self._stop = PushButton(text="Stop (saves a checkpoint)", enabled=False)
-        self._progress = ProgressBar(value=0, min=0, max=1, label="progress")
-        self._eta = Label(value="", label="")
+        run, stop, bar, status = self.run_controls()
         self.extend([self._mode, self._noisy_layers, self._noisy_dir, self._clean_dir, self._sim_period, self._preset,
-                     self._crop, self._iters, self._device, self._out, self._resume, self._start, self._pause,
-                     self._stop, self._progress, self._eta])
+                     self._crop, self._iters, self._device, self._out, self._resume, run, self._pause, stop, bar, status])
         self.plot = LossPlot()
         self.native.layout().addWidget(self.plot)
         self._preset.changed.connect(lambda name: setattr(self._crop, "value", PRESETS[name]["crop"]))
-        self._start.clicked.connect(self.start)
-        self._pause.clicked.connect(self.toggle_pause)
-        self._stop.clicked.connect(self.stop)
+        self._pause.clicked.connect(lambda *_: self.toggle_pause())
         # Closing the widget or napari: stop after the current iteration so the checkpoint is complete.
         # The slot captures no reference to this (then deleted) widget, only the flag and the worker holder.
         holder = self._running = {"worker": None}
@@ -177,26 +160,24 @@ class TrainWidget(Container):
             noisy, clean, names, clean_names, mode, period = self._data()
             cfg = None
             if not self._resume.value:
-                if (out / "config.json").exists():
-                    raise TrainingError(f"'{out}' already holds a run: tick 'continue the run' or choose another folder")
                 cfg = TrainConfig.from_preset(self._preset.value, mode=mode, iterations=int(self._iters.value),
                                               crop=int(self._crop.value), device=self._device.value, period=period)
         except (TrainingError, ImageFileError, ValueError) as exc:
             show_error(str(exc))
             return None
         self.plot.clear()
-        # inputs are checked by the generator before its first iteration; a problem arrives as `errored`
-        self._worker = ClosingWorker(train, noisy, clean, out, cfg, noisy_names=names, clean_names=clean_names,
-                                     resume=self._resume.value)
-        self._worker.yielded.connect(self._on_event)
-        self._worker.returned.connect(lambda path: show_info(f"Training finished: {path}"))
-        self._worker.aborted.connect(lambda: show_info(f"Training stopped; checkpoint saved in {out}"))
-        self._worker.errored.connect(lambda exc: show_error(f"Training failed: {exc}"))
-        self._worker.finished.connect(self._finished)
-        self._running["worker"] = self._worker
-        self._set_running(True)
-        self._worker.start()
-        return self._worker
+        self._out_dir = out
+        self.cancelled = f"checkpoint saved in {out}"
+        self._status.value = "reading the images and building the model…"
+        # inputs are checked by the job before its first iteration; a problem arrives as `errored`
+        worker = self.launch(train, noisy, clean, out, cfg, noisy_names=names, clean_names=clean_names,
+                             resume=self._resume.value)
+        self._running["worker"] = worker
+        return worker
+
+    def on_result(self, path) -> None:
+        self._status.value = f"finished: {path}"
+        show_info(f"Training finished: {path}")
 
     def toggle_pause(self) -> None:
         if self._worker is not None:
@@ -205,13 +186,11 @@ class TrainWidget(Container):
             self._pause.text = "Continue" if pausing else "Pause"
 
     def stop(self, *_) -> None:
-        """Stop after the current iteration; the training generator saves a checkpoint as it closes."""
-        _shutdown(self._running)
+        """Stop after the current iteration; the training job saves a checkpoint as it closes."""
+        self.cancel()
 
-    def _on_event(self, e: TrainEvent) -> None:
-        self._progress.max = e.total
-        self._progress.value = e.iteration
-        self._eta.value = f"iteration {e.iteration}/{e.total}, {e.elapsed:.0f} s, about {e.eta:.0f} s left"
+    def on_event(self, e: TrainEvent) -> None:
+        self._status.value = f"iteration {e.iteration}/{e.total}, {e.elapsed:.0f} s, about {e.eta:.0f} s left"
         self.plot.add(e.losses)
         if e.preview is not None:
             if "training preview" in self._viewer.layers:
@@ -220,10 +199,13 @@ class TrainWidget(Container):
                 self._viewer.add_image(e.preview, name="training preview")
 
     def _finished(self) -> None:
-        self._worker = self._running["worker"] = None
-        self._set_running(False)
+        self._running["worker"] = None
+        super()._finished()
+        if self._status.value.startswith("iteration"):  # stopped: no time is left to wait for
+            self._status.value = f"stopped at {self._status.value.split(',')[0]}; checkpoint in {self._out_dir}"
 
     def _set_running(self, running: bool) -> None:
-        self._start.enabled = not running
-        self._pause.enabled = self._stop.enabled = running
+        super()._set_running(running)
+        self._progress.visible = True
+        self._pause.enabled = running
         self._pause.text = "Pause"

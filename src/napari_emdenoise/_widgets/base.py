@@ -1,0 +1,116 @@
+"""The one way a flow widget runs a core job (:mod:`napari_emdenoise.jobs`) in napari.
+
+:class:`JobWidget` holds what every long flow shares: a Run button, Cancel, a progress bar
+(mirrored in napari's activity dock), a status line, and the worker that runs the core job
+in a thread. A flow widget adds its own controls, calls :meth:`JobWidget.launch` with a core
+job, and says what to do with the events (:meth:`on_event`) and the result
+(:meth:`on_result`). Cancel quits the worker; :class:`ClosingWorker` then closes the job in
+its own thread, so the job's cleanup (a training checkpoint, a partial target set's manifest)
+runs at once. An error ends in one toast that names the flow.
+"""
+
+from __future__ import annotations
+
+import napari
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+
+from ..jobs import Event
+from ._worker import ClosingWorker
+
+
+class JobWidget(Container):
+    """A flow's controls followed by Run, Cancel, a progress bar and a status line.
+
+    Subclasses set ``what`` (the flow's name in messages, e.g. "Denoising") and ``cancelled``
+    (what a cancel leaves behind), implement ``start()`` (gather the inputs, then
+    ``return self.launch(job, ...)``) and ``on_result``, and may extend ``on_event``.
+    """
+
+    what = "The job"
+    cancelled = "nothing was added."
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, run_text: str, cancel_text: str = "Cancel"):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._worker: ClosingWorker | None = None
+        self._dock_bar: progress | None = None
+        self._run = PushButton(text=run_text)
+        self._cancel = PushButton(text=cancel_text, enabled=False)
+        self._progress = ProgressBar(value=0, min=0, max=1, label="progress", visible=False)
+        self._status = Label(value="", label="")
+        self._status.native.setWordWrap(True)
+        self._run.clicked.connect(lambda *_: self.start())  # clicked(bool) must not reach start's arguments
+        self._cancel.clicked.connect(lambda *_: self.cancel())
+
+    def run_controls(self) -> list:
+        """Run, Cancel, the progress bar and the status line, for the subclass to place under its controls."""
+        return [self._run, self._cancel, self._progress, self._status]
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    # ------------------------------------------------------------------ the protocol
+    def start(self) -> ClosingWorker | None:  # pragma: no cover - every flow widget defines it
+        raise NotImplementedError
+
+    def launch(self, job, *args, **kwargs) -> ClosingWorker:
+        """Run the core job ``job(*args, **kwargs)`` (a generator of Events) in a worker thread."""
+        worker = ClosingWorker(job, *args, **kwargs)
+        worker.yielded.connect(self._event)
+        worker.returned.connect(self.on_result)
+        worker.errored.connect(lambda exc: self.on_error(exc))
+        worker.aborted.connect(lambda: show_info(f"{self.what} cancelled; {self.cancelled}"))
+        worker.finished.connect(self._finished)
+        self._worker = worker
+        self._set_running(True)
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop at the job's next step; the worker closes the job in its thread (its cleanup runs)."""
+        if self._worker is not None:
+            if self._worker.is_paused:
+                self._worker.resume()
+            self._worker.quit()
+
+    def on_event(self, event: Event) -> None:
+        """Called in the GUI thread with each event after the bars moved; subclasses add to it."""
+
+    def on_result(self, result) -> None:  # pragma: no cover - every flow widget defines it
+        raise NotImplementedError
+
+    def on_error(self, exc: Exception) -> None:
+        self._status.value = f"failed: {exc}"
+        show_error(f"{self.what} failed: {exc}")
+
+    # ------------------------------------------------------------------ internals
+    def _event(self, event: Event) -> None:
+        total = max(int(event.total), 1)
+        self._progress.max = total
+        self._progress.value = min(int(event.done), total)
+        if self._dock_bar is None:
+            self._dock_bar = progress(total=total, desc=self.what)
+        bar = self._dock_bar
+        if bar.total != total:
+            bar.total = total
+        bar.update(min(int(event.done), total) - bar.n)
+        if event.message:
+            self._status.value = event.message
+        self.on_event(event)
+
+    def _finished(self) -> None:
+        self._worker = None
+        if self._dock_bar is not None:
+            self._dock_bar.close()
+            self._dock_bar = None
+        self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        self._run.enabled = not running
+        self._cancel.enabled = running
+        self._progress.visible = running
+        if running:
+            self._progress.value = 0

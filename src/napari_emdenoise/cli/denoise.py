@@ -1,0 +1,165 @@
+"""``emdenoise denoise`` (a batch of files, optionally checked) and ``emdenoise check`` (any output against its data)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..io import ImageFileError, read_tiff, write_tiff
+from ._common import UsageError, notes, print_notes, run_job
+
+def _add_denoise(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "denoise",
+        help="denoise TIFF files with a generator",
+        description=(
+            "Denoise each input TIFF (2D or a stack) and write OUT_DIR/<name>_denoised.tif (float32, the input's "
+            "pixel size kept). The image is resampled to the model's training period (estimated from the image "
+            "unless --period is given), cut into overlapping tiles that are blended seamlessly, and mapped back. "
+            "With --check, each output is also compared with its input (no ground truth needed) and "
+            "OUT_DIR/<name>_consistency.tif is written: the float32 z map, the local residual input - output in "
+            "units of the noise (positive: the data are brighter, something was erased; negative: the output is "
+            "brighter, something was invented; |z| > 4.5 is flagged), with one summary line per file. "
+            "A file that fails is reported and the rest continue; the exit code is 1 if any failed."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="input TIFF files")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint: a reference *_net_G_A.pth or a .safetensors model (default: the bundled model)")
+    p.add_argument("--tile", type=int, default=512, help="tile size in px; 0 runs each image in one pass")
+    p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in px (at most half the tile)")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: from the device's memory)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="compute device")
+    p.add_argument("--no-amp", action="store_true", help="full float32 on CUDA instead of mixed precision")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--period", type=float, default=None, help="lattice period of the inputs in px (skips the estimate)")
+    scale.add_argument("--no-rescale", action="store_true", help="do not resample to the model's training period")
+    p.add_argument("--dtype", choices=["float32", "uint16"], default="float32", help="output sample type")
+    p.add_argument("--check", action="store_true",
+                   help="check each output against its input: write OUT_DIR/<name>_consistency.tif (z map, float32) "
+                        "and print how many regions disagree with the data beyond noise")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=_cmd_denoise)
+
+
+def _cmd_denoise(args: argparse.Namespace) -> int:
+    from ..checkpoints import CheckpointError
+    from ..consistency import ConsistencyError, check
+    from ..inference import check_period, iter_denoise, resolve_model
+
+    if args.tile < 0 or 0 < args.tile < 16:
+        raise UsageError(f"--tile is the tile side in px (at least 16; 0 for the whole image at once), not {args.tile}")
+    if (args.tile and args.overlap * 2 > args.tile) or args.overlap < 0:
+        raise UsageError(f"--overlap must be between 0 and half of --tile ({args.tile}); got {args.overlap}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size is the number of tiles per batch (at least 1), not {args.batch_size}")
+    stems: dict[str, Path] = {}
+    for path in args.inputs:
+        if path.stem in stems and stems[path.stem] != path:
+            raise UsageError(f"'{stems[path.stem]}' and '{path}' would both be written as {path.stem}_denoised.tif in "
+                             f"{args.out}; denoise them into different -o folders")
+        stems[path.stem] = path
+    outs = {(args.out / f"{p.stem}_{kind}.tif").resolve() for p in args.inputs for kind in ("denoised", "consistency")}
+    clash = next((p for p in args.inputs if p.resolve() in outs), None)
+    if clash is not None:
+        raise UsageError(f"writing the results to {args.out} would replace the input '{clash}'; choose another -o")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"-o {args.out} is a file, not a folder: name a folder for the results")
+    try:
+        check_period(args.period)
+    except ValueError as exc:
+        raise UsageError(f"--period: {exc}") from None
+    try:
+        net = resolve_model(args.model)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    failed = 0
+    for path in args.inputs:
+        target = args.out / f"{path.stem}_denoised.tif"
+        cons_target = args.out / f"{path.stem}_consistency.tif"
+        try:
+            for t in (target, cons_target) if args.check else (target,):
+                if t.exists() and not args.overwrite:
+                    raise FileExistsError(f"'{t}' exists; use --overwrite to replace it")
+            img = read_tiff(path)
+            with notes() as caught:
+                result = run_job(iter_denoise(
+                    img.data, net, tile=args.tile or None, overlap=args.overlap, batch_size=args.batch_size,
+                    device=args.device, period=args.period, rescale=not args.no_rescale, amp=not args.no_amp,
+                ), path.name, "tile")
+            print_notes(caught, path.name)
+            cons, cons_error = None, None
+            if args.check:
+                try:
+                    cons = check(img.data, result)
+                except ConsistencyError as exc:  # the denoised output is still written
+                    cons_error = exc
+            write_tiff(target, result, pixel_size=img.pixel_size, dtype=args.dtype, overwrite=args.overwrite,
+                       description={"source": str(path), "model": str(args.model or "bundled default")})
+            print(f"{path.name} -> {target}")
+            if cons_error is not None:
+                raise ConsistencyError(f"consistency check could not run: {cons_error}")
+            if cons is not None:
+                write_tiff(cons_target, cons.z, pixel_size=img.pixel_size, overwrite=args.overwrite,
+                           description={"source": str(path), "denoised": str(target), "consistency": cons.summary()})
+                print(f"{path.name}: consistency: {cons.text()}")
+        except (ImageFileError, FileExistsError, ValueError, TypeError, MemoryError) as exc:
+            failed += 1
+            print(f"{path.name}: error: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - anything else one file raises must not end the batch
+            failed += 1
+            print(f"{path.name}: unexpected error ({type(exc).__name__}): {exc}; the other files go on", file=sys.stderr)
+    if failed:
+        print(f"{failed} of {len(args.inputs)} file(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check",
+        help="check a denoised image (from any program) against the data it came from",
+        description=(
+            "Compare OUTPUT, a denoised image made by any program, with DATA, the recorded image it was made from "
+            "(same shape and orientation; no ground truth needed). Prints how many regions disagree with the data "
+            "beyond noise and writes the float32 z map (the local residual data - output in units of the noise: "
+            "positive where something was erased, negative where something was invented; |z| > THRESHOLD is "
+            "flagged) to -o. Exit code 0 whether or not regions are flagged; 2 when the pair cannot be compared."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("data", type=Path, help="the recorded (noisy) TIFF")
+    p.add_argument("output", type=Path, help="the denoised TIFF to check")
+    p.add_argument("-o", "--out", type=Path, default=None, help="write the z map to this .tif")
+    p.add_argument("--threshold", type=float, default=4.5, help="flag |z| above this many sigma")
+    p.add_argument("--scale", type=float, default=None, help="column scale in px (default: from the lattice period)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
+    p.set_defaults(func=_cmd_check)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    from ..consistency import ConsistencyError, check
+
+    if args.out is not None:
+        if args.out.resolve() in (args.data.resolve(), args.output.resolve()):
+            raise UsageError(f"-o {args.out} would replace an input; name a new file for the z map")
+        if args.out.exists() and not args.overwrite:
+            raise UsageError(f"'{args.out}' exists; use --overwrite to replace it")
+    data, output = read_tiff(args.data), read_tiff(args.output)
+    try:
+        cons = check(data.data, output.data, scale=args.scale, threshold=args.threshold)
+    except ConsistencyError as exc:
+        raise UsageError(f"cannot check '{args.output.name}' against '{args.data.name}': {exc}") from None
+    if args.out is not None:
+        write_tiff(args.out, cons.z, pixel_size=data.pixel_size, overwrite=args.overwrite,
+                   description={"data": str(args.data), "output": str(args.output), "consistency": cons.summary()})
+    if args.json:
+        print(json.dumps({"data": str(args.data), "output": str(args.output), **cons.summary()}, indent=2))
+    else:
+        print(f"{args.output.name}: {cons.text()}" + (f" (z map: {args.out})" if args.out is not None else ""))
+    return 0
