@@ -75,7 +75,15 @@ def test_info_reports_files_and_fails_on_bad_ones(tmp_path, uint16_tiff, bad_fil
 def test_info_without_files_lists_the_environment(capsys):
     assert main(["info", "--json"]) == 0
     env = json.loads(capsys.readouterr().out)
-    assert "cpu" in env["devices"] and env["torch"]
+    import torch
+
+    from napari_emdenoise import __version__
+
+    assert env["napari-emdenoise"] == __version__ and env["torch"] == torch.__version__
+    assert env["devices"][0] == "cpu"
+    assert any(d.startswith("cuda:0 (") for d in env["devices"]) == torch.cuda.is_available()
+    assert main(["info"]) == 0
+    assert f"devices: {env['devices']}" in capsys.readouterr().out
 
 
 def _subparsers(parser):
@@ -408,3 +416,33 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, trained_model):
     save_file(sd, tmp_path / "diverged.safetensors", metadata=meta)
     with pytest.raises(CheckpointError, match="NaN or Inf"):
         load_checkpoint(tmp_path / "diverged.safetensors")
+
+
+def test_check_flags_another_programs_invented_atoms_and_refuses_a_foreign_pair(tmp_path, capsys):
+    from napari_emdenoise.scenes import VACANCY_HEAVY, make_scene
+
+    s = make_scene(kind="vacancies", size=192, period=12, dose=5, seed=21)
+    w = s.weights.copy()
+    vac = (s.labels == VACANCY_HEAVY) & (s.sublattice == 0)
+    assert vac.sum() >= 1
+    w[vac] = s.site_weights[vac]  # "another program" filled every heavy vacancy
+    write_tiff(tmp_path / "data.tif", s.noisy, dtype="uint16")
+    write_tiff(tmp_path / "filled.tif", s.render(w)[1])
+    write_tiff(tmp_path / "truth.tif", s.expected)
+    assert main(["check", str(tmp_path / "data.tif"), str(tmp_path / "truth.tif"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["regions"] <= 1
+    assert main(["check", str(tmp_path / "data.tif"), str(tmp_path / "filled.tif"), "-o", str(tmp_path / "z.tif")]) == 0
+    out = capsys.readouterr().out
+    assert "disagree" in out and "brighter in the output" in out and "z.tif" in out
+    z = read_tiff(tmp_path / "z.tif").data
+    rc = np.rint(s.positions[vac]).astype(int)
+    assert z.shape == s.noisy.shape and (z[rc[:, 0], rc[:, 1]] < -4.5).mean() >= 0.9  # invented: output brighter
+    # the z map is not written over an input or an existing file, and a foreign pair is refused in one line
+    assert main(["check", str(tmp_path / "data.tif"), str(tmp_path / "filled.tif"), "-o", str(tmp_path / "data.tif")]) == 2
+    assert "would replace an input" in capsys.readouterr().err
+    assert main(["check", str(tmp_path / "data.tif"), str(tmp_path / "filled.tif"), "-o", str(tmp_path / "z.tif")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    write_tiff(tmp_path / "small.tif", s.expected[:100])
+    assert main(["check", str(tmp_path / "data.tif"), str(tmp_path / "small.tif")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "shape" in err

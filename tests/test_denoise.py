@@ -14,7 +14,7 @@ from napari_emdenoise.inference import (
 )
 from napari_emdenoise.nets import GeneratorConfig, build_generator, init_weights
 from napari_emdenoise.simulate import simulate
-from napari_emdenoise.tiling import tile_norms
+from napari_emdenoise.nets import tile_norms
 
 
 def _psnr(x, truth):
@@ -158,7 +158,12 @@ def test_bad_images_are_explained(trained_model, image, err, words):
 
 
 def test_devices():
-    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+    from napari_emdenoise.inference import available_devices
+
+    choices = available_devices()  # what the widgets and --device offer: each one works here
+    assert choices[0] == "auto" and choices[-1] == "cpu" and ("cuda" in choices) == torch.cuda.is_available()
+    assert {pick_device(c).type for c in choices} <= {"cpu", "cuda", "mps"}
+    assert pick_device("auto").type == "cuda" if torch.cuda.is_available() else pick_device("auto").type in ("cpu", "mps")
     assert pick_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):

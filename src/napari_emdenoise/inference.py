@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import tiling
+from . import nets, tiling
 from .jobs import Event, Stopped, drive
 from .checkpoints import ModelInfo, load_generator, model_info
+from .devices import available_devices, devices, pick_device  # noqa: F401 - the public names live here too
 from .lattice import estimate_period, resample
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "default.safetensors"
@@ -59,43 +60,6 @@ class Plan:
 
 
 # --------------------------------------------------------------------------- pieces
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return mps is not None and mps.is_available()
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then CPU; a named device must exist."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
-    if dev.type == "mps" and not _mps_available():
-        raise ValueError("device 'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
-    return dev
-
-
-def devices() -> list[str]:
-    """The compute devices torch can use here, named: ``cpu``, ``cuda:0 (NVIDIA H200)``, ``mps``."""
-    found = ["cpu"]
-    if torch.cuda.is_available():
-        found += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
-    if _mps_available():
-        found.append("mps")
-    return found
-
-
-def available_devices() -> list[str]:
-    """The choices of a device setting: ``auto`` (the fastest found), then each kind of device found."""
-    kinds = {d.split(":")[0].split(" ")[0] for d in devices()}
-    return ["auto", *(k for k in ("cuda", "mps") if k in kinds), "cpu"]
-
-
 def resolve_model(model: str | os.PathLike | nn.Module | None) -> nn.Module:
     """A :class:`Denoiser` from a path or None (the bundled default model); a module as it is (a bare
     generator has no metadata: the reference normalisation and no resampling)."""
@@ -216,7 +180,7 @@ def _tiled_pass(
     progress (in tiles) per batch; returns the blend."""
     h, w = x.shape
     # pad as a whole-image pass would, so that every tile sits on the network's sampling grid
-    x = tiling.pad_to_multiple(torch.from_numpy(x)[None, None], tiling.size_multiple(net))[0][0, 0].numpy()
+    x = nets.pad_to_multiple(torch.from_numpy(x)[None, None], nets.size_multiple(net))[0][0, 0].numpy()
     in_c = _in_channels(net)
     th = tiles[0].rows.stop - tiles[0].rows.start
     tw = tiles[0].cols.stop - tiles[0].cols.start
@@ -234,15 +198,15 @@ def _tiled_pass(
             out[t.slices] += yt * t.window()
 
     out = np.zeros(x.shape, dtype=np.float32)
-    tiling.set_norm_mode(net, "instance")  # whatever an earlier run left, start from the reference behaviour
+    nets.set_norm_mode(net, "instance")  # whatever an earlier run left, start from the reference behaviour
     try:
         todo = tiles
-        if len(tiles) > 1 and tiling.tile_norms(net):
+        if len(tiles) > 1 and nets.tile_norms(net):
             # whole-image statistics from one joint batch; its outputs are final, so they count as done
             cal = tiling.calibration_tiles(tiles, _calibration_budget(net, device))
             mask = torch.from_numpy(np.stack([t.core_mask() for t in cal])[:, None]).to(device)
             with autocast:
-                blend(cal, tiling.record_statistics(net, to_batch(cal), mask))
+                blend(cal, nets.record_statistics(net, to_batch(cal), mask))
             del mask
             done_ids = {id(t) for t in cal}
             todo = [t for t in tiles if id(t) not in done_ids]
@@ -268,7 +232,7 @@ def _tiled_pass(
             yield Progress(progress_offset + len(tiles) - len(todo) + i, progress_total)
         return out[:h, :w]
     finally:  # also on cancel: the module is left as the reference code would use it
-        tiling.set_norm_mode(net, "instance")
+        nets.set_norm_mode(net, "instance")
 
 
 def _plan(shape: tuple[int, int], tile: int | None, overlap: int, align: int) -> list[tiling.Tile]:
@@ -328,7 +292,7 @@ def iter_denoise(
     shapes = [
         (max(8, round(p.shape[0] * pl.scale)), max(8, round(p.shape[1] * pl.scale))) for p, pl in zip(planes, plans)
     ]
-    align = tiling.size_multiple(net)
+    align = nets.size_multiple(net)
     tile_plans = [_plan(s, tile, overlap, align) for s in shapes]
     total = sum(len(t) for t in tile_plans)
     if bs is None:

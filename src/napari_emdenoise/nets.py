@@ -292,3 +292,50 @@ def init_weights(net: nn.Module, gain: float = 0.02, seed: int | None = None) ->
 
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+# --------------------------------------------------------------------------- whole-image statistics in tiled inference
+def size_multiple(net: nn.Module) -> int:
+    """Input sides must be a multiple of this for the output to match the input's size."""
+    unet = next((m for m in net.modules() if isinstance(m, UnetGenerator)), None)  # also inside a Denoiser
+    return 2**unet.num_downs if unet is not None else 4
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad (N, C, H, W) at the bottom/right to multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return nn.functional.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+def tile_norms(net: nn.Module) -> list[TileNorm]:
+    return [m for m in net.modules() if isinstance(m, TileNorm)]
+
+
+def set_norm_mode(net: nn.Module, mode: str) -> None:
+    for m in tile_norms(net):
+        m.mode = mode
+        if mode == "instance":
+            m.stats = None
+            m.mask = None
+
+
+@torch.no_grad()
+def record_statistics(net: nn.Module, batch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Run ``batch`` once with every InstanceNorm taking statistics over all tiles' cores jointly.
+
+    Afterwards every :class:`TileNorm` applies those fixed statistics, so each tile is
+    normalised as the whole image would be. Returns the batch's output, which was computed
+    with exactly those statistics and so is final.
+    """
+    norms = tile_norms(net)
+    for m in norms:
+        m.mode, m.mask = "record", mask
+    try:
+        return net(batch)
+    finally:
+        for m in norms:
+            m.mode, m.mask = "fixed", None

@@ -1,4 +1,4 @@
-"""Tile plan, blending windows and whole-image normalisation statistics for tiled inference.
+"""Tile plan and blending windows for tiled inference.
 
 Neighbouring tiles share a strip at least ``overlap`` px wide. A blend zone half that
 wide is centred in the strip: across it one tile's weight falls as cos^2 while the
@@ -10,7 +10,8 @@ overlap of 64 px the strip is 80 px wide; smaller overlaps get a wider strip too
 
 Each tile also owns a *core*: the pixels closer to it than to any neighbour. The cores
 partition the image; they are what the whole-image InstanceNorm statistics are computed
-over (see :func:`record_statistics`).
+over (see :func:`napari_emdenoise.nets.record_statistics`). This module is numpy geometry
+only; what touches a network lives in :mod:`.nets`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import nn
-
-from .nets import TileNorm, UnetGenerator
 
 # px of context kept at a tile edge before its blending weight rises above 0; 16 was enough for a
 # small model, the bundled ngf-32 model needs 24 to stay within 0.6% of a whole-image pass
@@ -112,7 +109,7 @@ def plan_axis(n: int, tile: int, overlap: int, align: int = 1) -> list[AxisTile]
 def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, align: int = 1) -> list[Tile]:
     """Tiles covering a 2D image; ``tile=None`` gives one tile, the whole image.
 
-    With ``align`` > 1 the image sides must be multiples of it (see :func:`pad_to_multiple`);
+    With ``align`` > 1 the image sides must be multiples of it (see :func:`napari_emdenoise.nets.pad_to_multiple`);
     the tile size is rounded down to a multiple of it (at least ``align``).
     """
     h, w = shape
@@ -128,34 +125,6 @@ def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, align: in
     return [Tile(r, c) for r in plan_axis(h, tile, overlap, align) for c in plan_axis(w, tile, overlap, align)]
 
 
-def size_multiple(net: nn.Module) -> int:
-    """Input sides must be a multiple of this for the output to match the input's size."""
-    unet = next((m for m in net.modules() if isinstance(m, UnetGenerator)), None)  # also inside a Denoiser
-    return 2**unet.num_downs if unet is not None else 4
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Reflect-pad (N, C, H, W) at the bottom/right to multiples of ``multiple``."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x, (h, w)
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return nn.functional.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
-
-
-def tile_norms(net: nn.Module) -> list[TileNorm]:
-    return [m for m in net.modules() if isinstance(m, TileNorm)]
-
-
-def set_norm_mode(net: nn.Module, mode: str) -> None:
-    for m in tile_norms(net):
-        m.mode = mode
-        if mode == "instance":
-            m.stats = None
-            m.mask = None
-
-
 def calibration_tiles(tiles: list[Tile], budget_px: int) -> list[Tile]:
     """All tiles when they fit the pixel budget, else an evenly spread subset."""
     per = (tiles[0].rows.stop - tiles[0].rows.start) * (tiles[0].cols.stop - tiles[0].cols.start)
@@ -164,22 +133,3 @@ def calibration_tiles(tiles: list[Tile], budget_px: int) -> list[Tile]:
         return tiles
     idx = np.unique(np.floor((np.arange(k) + 0.5) * len(tiles) / k).astype(int))  # centred, evenly spread
     return [tiles[i] for i in idx]
-
-
-@torch.no_grad()
-def record_statistics(net: nn.Module, batch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Run ``batch`` once with every InstanceNorm taking statistics over all tiles' cores jointly.
-
-    Afterwards every :class:`TileNorm` applies those fixed statistics, so each tile is
-    normalised as the whole image would be. Returns the batch's output, which was computed
-    with exactly those statistics and so is final.
-    """
-    norms = tile_norms(net)
-    for m in norms:
-        m.mode, m.mask = "record", mask
-    try:
-        return net(batch)
-    finally:
-        for m in norms:
-            m.mode, m.mask = "fixed", None
-

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .checkpoints import FORMAT, ModelInfo
-from .inference import pick_device
+from .devices import pick_device
 from .lattice import estimate_period
 from .runfolder import CONFIG, LOG, LOSS_COLORS, STATE, _check_writable, _plot_losses, load_run_config, loss_curves, save_run
 from .train_config import PRESETS, TrainConfig, TrainEvent, TrainingError
