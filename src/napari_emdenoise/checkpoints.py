@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .io import atomic_write
+from .lattice import check_clip, check_period_range
 from .nets import GeneratorConfig, build_generator
 
 FORMAT = "napari-emdenoise"
@@ -53,6 +54,15 @@ class ModelInfo:
     description: str = ""
     source: str = ""  # the file it came from
     format: str = "reference"  # "reference" or FORMAT
+
+    def __post_init__(self) -> None:
+        """The one place a model's metadata is validated (a ValueError says what is wrong)."""
+        self.clip = check_clip(self.clip)
+        self.period_range = check_period_range(self.period_range)
+        if self.period is not None:
+            if not (isinstance(self.period, (int, float)) and 0 < self.period < float("inf")):
+                raise ValueError(f"training period {self.period!r} is not a positive number of px")
+            self.period = float(self.period)
 
     def to_metadata(self) -> dict[str, str]:
         """safetensors header metadata (string values only)."""
@@ -240,22 +250,13 @@ def load_checkpoint(path: str | os.PathLike, config: GeneratorConfig | None = No
         cfg = GeneratorConfig(**json.loads(meta["config"]))
         norm = json.loads(meta.get("normalization", "{}"))
         period = json.loads(meta.get("period", "null"))
-        prange = json.loads(meta.get("period_range", "null"))
-        prange = (float(prange[0]), float(prange[1])) if prange else None
-        clip = float(norm.get("clip", 3.0))
-        if prange and not 0 < prange[0] <= prange[1] < float("inf"):
-            raise ValueError(f"period range {prange} is not two positive periods in order")
-        if not 1 < clip < float("inf"):
-            raise ValueError(f"input clip {clip} must be a finite number above 1")
-        if period is not None and not (isinstance(period, (int, float)) and 0 < period < float("inf")):
-            raise ValueError(f"training period {period!r} is not a positive number of px")
+        info = ModelInfo(
+            config=config or cfg, norm_low=float(norm.get("low", 0.5)), norm_high=float(norm.get("high", 99.5)),
+            period=period, clip=norm.get("clip", 3.0), period_range=json.loads(meta.get("period_range", "null")) or None,
+            description=meta.get("description", ""), source=str(path), format=FORMAT,
+        )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CheckpointError(f"'{path.name}': its metadata is damaged ({exc}); re-export the model.") from exc
-    info = ModelInfo(
-        config=config or cfg, norm_low=float(norm.get("low", 0.5)), norm_high=float(norm.get("high", 99.5)),
-        period=float(period) if period else None, clip=clip, period_range=prange, description=meta.get("description", ""),
-        source=str(path), format=FORMAT,
-    )
     return _build_and_load(sd, info.config, path.name), info
 
 

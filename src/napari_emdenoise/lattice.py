@@ -132,3 +132,27 @@ def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if out.shape != tuple(shape):  # zoom rounds; crop or pad to the exact shape
         out = np.pad(out, [(0, max(0, s - o)) for s, o in zip(shape, out.shape)], mode="edge")[: shape[0], : shape[1]]
     return out
+
+
+def check_period_range(period_range) -> tuple[float, float] | None:
+    """A period range (px) as two floats, low to high, or a ValueError that says what is wrong with it."""
+    if period_range is None:
+        return None
+    try:
+        low, high = (float(v) for v in period_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"a period range is two numbers of px, low to high, not {period_range!r}") from None
+    if not (np.isfinite(high) and 1.0 <= low <= high):
+        raise ValueError(f"the period range must be two finite periods of at least 1 px, low to high, not {period_range!r}")
+    return low, high
+
+
+def check_clip(clip) -> float:
+    """The input clip (normalised units) as a float above 1, or a ValueError."""
+    try:
+        c = float(clip)
+    except (TypeError, ValueError):
+        raise ValueError(f"the input clip must be a number, not {clip!r}") from None
+    if not (np.isfinite(c) and c > 1):
+        raise ValueError(f"the input clip must be a finite number above 1 (normalised units; 3 or 8 are usual), not {clip!r}")
+    return c

@@ -105,11 +105,20 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
+def _final(final: str) -> nn.Module:
+    """The generator's last activation: the reference Tanh, or none ("linear")."""
+    if final not in ("tanh", "linear"):
+        raise ValueError(f"the final activation must be 'tanh' or 'linear', not {final!r}")
+    return nn.Tanh() if final == "tanh" else nn.Identity()
+
+
 class ResnetGenerator(nn.Module):
     """Two stride-2 downsamplings, ``n_blocks`` residual blocks, two upsamplings (reference layout)."""
 
-    def __init__(self, input_nc, output_nc, ngf=64, norm_layer=TileNorm, use_dropout=False, n_blocks=6, padding_type="reflect", use_bias=True):
+    def __init__(self, input_nc, output_nc, ngf=64, norm_layer=TileNorm, use_dropout=False, n_blocks=6, padding_type="reflect",
+                 use_bias=True, final="tanh", residual=False):
         super().__init__()
+        self.residual = residual  # the network predicts a correction added to its input
         model = [
             nn.ReflectionPad2d(3),
             nn.Conv2d(input_nc, ngf, kernel_size=7, padding=0, bias=use_bias),
@@ -133,10 +142,8 @@ class ResnetGenerator(nn.Module):
                 norm_layer(ngf * mult // 2),
                 nn.ReLU(True),
             ]
-        model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
+        model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), _final(final)]
         self.model = nn.Sequential(*model)
-
-    residual = False  # set by build_generator: the network predicts a correction added to its input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.model(x)
@@ -174,8 +181,10 @@ class UnetSkipConnectionBlock(nn.Module):
 class UnetGenerator(nn.Module):
     """U-Net with ``num_downs`` halvings (7 for unet_128, 8 for unet_256); input side a multiple of 2**num_downs."""
 
-    def __init__(self, input_nc, output_nc, num_downs, ngf=64, norm_layer=TileNorm, use_dropout=False, use_bias=True):
+    def __init__(self, input_nc, output_nc, num_downs, ngf=64, norm_layer=TileNorm, use_dropout=False, use_bias=True,
+                 final="tanh", residual=False):
         super().__init__()
+        self.residual = residual
         kw = dict(norm_layer=norm_layer, use_bias=use_bias)
         block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, innermost=True, **kw)
         for _ in range(num_downs - 5):
@@ -185,8 +194,7 @@ class UnetGenerator(nn.Module):
         block = UnetSkipConnectionBlock(ngf, ngf * 2, submodule=block, **kw)
         self.model = UnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True, **kw)
         self.num_downs = num_downs
-
-    residual = False
+        self.model.model[-1] = _final(final)  # the outermost block ends in the reference's Tanh
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.model(x)
@@ -254,19 +262,14 @@ def build_generator(cfg: GeneratorConfig) -> nn.Module:
     use_bias = cfg.norm == "instance"
     if cfg.netG.startswith("resnet_"):
         n_blocks = cfg.n_blocks or int(cfg.netG.removeprefix("resnet_").removesuffix("blocks"))
-        net = ResnetGenerator(cfg.input_nc, cfg.output_nc, cfg.ngf, norm_layer, cfg.use_dropout, n_blocks, cfg.padding_type, use_bias)
-        last = net.model
-    elif cfg.netG in ("unet_128", "unet_256"):
-        net = UnetGenerator(cfg.input_nc, cfg.output_nc, 7 if cfg.netG == "unet_128" else 8, cfg.ngf, norm_layer, cfg.use_dropout, use_bias)
-        last = net.model.model
-    elif cfg.netG.startswith("unet_"):
+        return ResnetGenerator(cfg.input_nc, cfg.output_nc, cfg.ngf, norm_layer, cfg.use_dropout, n_blocks, cfg.padding_type,
+                               use_bias, final=cfg.final, residual=cfg.residual)
+    if cfg.netG in ("unet_128", "unet_256"):
+        return UnetGenerator(cfg.input_nc, cfg.output_nc, 7 if cfg.netG == "unet_128" else 8, cfg.ngf, norm_layer,
+                             cfg.use_dropout, use_bias, final=cfg.final, residual=cfg.residual)
+    if cfg.netG.startswith("unet_"):
         raise ValueError(f"unknown U-Net {cfg.netG!r}; use unet_128 or unet_256")
-    else:
-        raise ValueError(f"unknown generator {cfg.netG!r}; use one of {GENERATORS}")
-    if cfg.final == "linear":
-        last[-1] = nn.Identity()
-    net.residual = cfg.residual
-    return net
+    raise ValueError(f"unknown generator {cfg.netG!r}; use one of {GENERATORS}")
 
 
 def build_discriminator(input_nc: int = 1, ndf: int = 64, n_layers: int = 3, norm: str = "instance") -> NLayerDiscriminator:

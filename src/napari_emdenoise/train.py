@@ -67,12 +67,6 @@ def train(
     elif (run_dir / CONFIG).exists():
         raise TrainingError(f"'{run_dir}' already holds a run: continue it (resume; CLI: --resume) or choose another folder")
     cfg = cfg or TrainConfig()
-    if cfg.mode not in ("cyclegan", "paired"):
-        raise TrainingError(f"mode must be 'cyclegan' or 'paired', not {cfg.mode!r}")
-    if cfg.precision not in ("fp32", "bf16"):
-        raise TrainingError(f"precision must be 'fp32' or 'bf16', not {cfg.precision!r}")
-    if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.crop < 16 or cfg.generator.ngf < 1:
-        raise TrainingError("iterations, batch size and generator width must be at least 1, and the crop at least 16 px")
     noisy_names = list(noisy_names or [f"noisy {i}" for i in range(len(noisy))])
     clean_names = list(clean_names or [f"clean {i}" for i in range(len(clean))])
     if not noisy:
@@ -81,10 +75,6 @@ def train(
         raise TrainingError("no clean target images to train on")
     if cfg.mode == "paired" and len(noisy) != len(clean):
         raise TrainingError(f"paired mode needs as many clean as noisy images (got {len(clean)} and {len(noisy)})")
-    if not 1 < cfg.clip < 1000:
-        raise TrainingError(f"the input clip must be a number above 1 (normalised units; 3 or 8 are usual), not {cfg.clip}")
-    if cfg.period_range is not None and not 1 <= cfg.period_range[0] <= cfg.period_range[1] <= 1000:
-        raise TrainingError(f"the period range must be two periods of 1-1000 px, low to high, not {cfg.period_range}")
     # every image's period to resample it; without resampling, a sample of them for the range the model is trained on
     sample = noisy if cfg.rescale else noisy[:: max(1, len(noisy) // 64)]
     needed = cfg.rescale or cfg.period is None or cfg.period_range is None

@@ -1,4 +1,4 @@
-"""Training settings and events: :class:`TrainConfig` (validated by :func:`.train.train` before any work), the model
+"""Training settings and events: :class:`TrainConfig` (validated as it is made), the model
 presets, :class:`TrainEvent` and :class:`TrainingError`."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .jobs import Event
+from .lattice import check_clip, check_period_range
 from .nets import GeneratorConfig
 
 PRESETS = {
@@ -51,6 +52,20 @@ class TrainConfig:
     preview_every: int = 50
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        """The one place training settings are validated: a :class:`TrainingError` says what is wrong, before any work."""
+        if self.mode not in ("cyclegan", "paired"):
+            raise TrainingError(f"mode must be 'cyclegan' or 'paired', not {self.mode!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise TrainingError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
+        if self.iterations < 1 or self.batch_size < 1 or self.crop < 16 or self.generator.ngf < 1:
+            raise TrainingError("iterations, batch size and generator width must be at least 1, and the crop at least 16 px")
+        try:
+            self.clip = check_clip(self.clip)
+            self.period_range = check_period_range(self.period_range)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
 
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> "TrainConfig":
