@@ -14,7 +14,7 @@ def test_manifest_is_valid():
     pm = PluginManifest.from_distribution(PLUGIN)
     pm.validate_imports()
     assert pm.name == PLUGIN
-    assert {c.key for c in pm.contributions.sample_data} == {"clean_lattice", "noisy_dented", "noisy_with_truth"}
+    assert {c.key for c in pm.contributions.sample_data} == {"clean_lattice", "noisy_dented", "noisy_with_truth", "specimen"}
     assert {w.display_name for w in pm.contributions.widgets} == {"Denoise", "Dent mask", "Target set", "Train", "Scores"}
 
 
@@ -60,7 +60,8 @@ def test_each_bad_file_gives_its_clear_error_in_the_viewer(make_napari_viewer, b
     assert len(viewer.layers) == 0
 
 
-@pytest.mark.parametrize("key, name", [("clean_lattice", "clean lattice"), ("noisy_dented", "noisy dented")])
+@pytest.mark.parametrize("key, name", [("clean_lattice", "clean lattice"), ("noisy_dented", "noisy dented"),
+                                       ("specimen", "SrTiO3 with vacancies")])
 def test_sample_data_loads(make_napari_viewer, key, name):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, key)

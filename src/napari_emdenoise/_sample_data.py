@@ -32,3 +32,12 @@ def noisy_with_truth():
     sim = _dented()
     return [*_layer(sim.noisy, "noisy dented"), *_layer(sim.clean, "noisy dented truth", visible=False),
             *_layer(sim.dent.astype("float32"), "noisy dented dent map", visible=False)]
+
+
+def specimen():
+    """A SrTiO3 [001] scene (512x512 px, 14 px period, 4 counts/px) with empty Sr and TiO columns, as uint16
+    detector values with scan streaks: real-looking data to denoise and check."""
+    from .scenes import make_scene
+
+    scene = make_scene(kind="vacancies", size=512, period=14.0, dose=4.0, vacancy=0.05, seed=31)
+    return _layer(scene.noisy, "SrTiO3 with vacancies")
