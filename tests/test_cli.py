@@ -266,7 +266,7 @@ def test_train_paired_from_simulate_then_denoise(tmp_path, capsys):
     run_dir = tmp_path / "run"
     rc = main(["train", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"), "-o", str(run_dir),
                "--mode", "paired", "--iters", "6", "--crop", "48", "--batch-size", "2", "--checkpoint-every", "3",
-               "--ngf", "8", "--precision", "bf16"])
+               "--model", "small", "--consistency", "0", "--ngf", "8", "--precision", "bf16"])
     assert rc == 0, capsys.readouterr().err
     assert (run_dir / "denoiser.safetensors").exists() and (run_dir / "loss.png").exists()
     config = json.loads((run_dir / "config.json").read_text())
@@ -367,7 +367,7 @@ def test_ctrl_c_or_sigterm_during_train_saves_a_checkpoint(tmp_path, signame):
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "napari_emdenoise.cli", "train", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"),
             "-o", str(run_dir), "--mode", "paired", "--iters", "100000", "--crop", "32", "--batch-size", "1", "--ngf", "4",
-            "--checkpoint-every", "100000", "--device", "cpu"]
+            "--model", "small", "--consistency", "0", "--checkpoint-every", "100000", "--device", "cpu"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 60
     while not (run_dir / "config.json").exists() and time.monotonic() < deadline:
@@ -446,3 +446,17 @@ def test_check_flags_another_programs_invented_atoms_and_refuses_a_foreign_pair(
     assert main(["check", str(tmp_path / "data.tif"), str(tmp_path / "small.tif")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "shape" in err
+
+
+def test_train_by_default_fine_tunes_the_bundled_model_with_the_consistency_term(tmp_path, capsys):
+    sim = tmp_path / "sim"
+    assert main(["simulate", "-o", str(sim), "--n", "2", "--size", "128", "--period", "12", "--dose", "5"]) == 0
+    run_dir = tmp_path / "run"
+    assert main(["train", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"), "-o", str(run_dir), "--mode", "paired",
+                 "--iters", "2", "--crop", "48", "--batch-size", "1"]) == 0, capsys.readouterr().err
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["init"], config["lambda_consistency"], config["generator"]["ngf"], config["clip"], config["rescale"]) == \
+        ("bundled", 1.0, 32, 8.0, False)
+    assert main(["train", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"), "-o", str(tmp_path / "r2"),
+                 "--ngf", "8"]) == 2
+    assert "keeps its architecture" in capsys.readouterr().err

@@ -193,3 +193,54 @@ def test_training_without_rescaling_records_its_period_range_and_clip(tmp_path, 
         run(train(noisy, clean, tmp_path / "c", TrainConfig(mode="paired", rescale=False, period_range=(9.0, 4.0), **TINY)))
     with pytest.raises(TrainingError, match="clip"):
         run(train(noisy, clean, tmp_path / "d", TrainConfig(mode="paired", clip=0.5, **TINY)))
+
+
+def test_consistency_term_is_silent_on_the_truth_and_loud_on_invented_columns():
+    from napari_emdenoise.inference import normalize
+    from napari_emdenoise.scenes import VACANCY_HEAVY, make_scene
+    from napari_emdenoise.train_consistency import consistency_loss, frame_noise
+
+    s = make_scene(kind="vacancies", size=192, period=12, dose=3, seed=5)
+    x, lo, hi = normalize(s.noisy.astype(np.float32), 0.5, 99.5, 8.0)
+    norm = lambda a: (a - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - np.float32(1.0)  # noqa: E731
+    truth = norm(s.expected)
+    noise = frame_noise(x, truth)
+    w = s.weights.copy()
+    vac = (s.labels == VACANCY_HEAVY) & (s.sublattice == 0)
+    assert vac.sum() >= 3
+    w[vac] = s.site_weights[vac]
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]  # noqa: E731
+    filled = as_t(norm(s.render(w)[1])).requires_grad_(True)
+    quiet = float(consistency_loss(as_t(x), as_t(truth), [noise]))
+    loud = consistency_loss(as_t(x), filled, [noise])
+    assert quiet < 0.01 and float(loud) > 30 * max(quiet, 1e-3)
+    loud.backward()  # the gradient pushes the invented columns down, and nothing far from them
+    g = filled.grad[0, 0].numpy()
+    rc = np.rint(s.positions[vac]).astype(int)
+    assert (g[rc[:, 0], rc[:, 1]] > 0).all()
+    far = np.ones(g.shape, bool)
+    for r, c in rc:
+        far[max(0, r - 8) : r + 9, max(0, c - 8) : c + 9] = False
+    assert np.abs(g[far]).sum() < 0.1 * np.abs(g[~far]).sum()  # what noise alone leaves (|z| > 3 by chance) is small
+
+
+def test_fine_tuning_starts_from_the_bundled_model_with_the_consistency_term(tmp_path, data):
+    from napari_emdenoise.inference import DEFAULT_MODEL
+    from napari_emdenoise.jobs import Event
+    from napari_emdenoise.train import TrainEvent
+
+    noisy, clean, _ = data
+    cfg = TrainConfig.from_preset("default", mode="paired", iterations=2, crop=48, batch_size=1, preview_every=0, lr=1e-12,
+                                  init="bundled", lambda_consistency=1.0, checkpoint_every=100)
+    events = []
+    path = run(train(noisy, clean, tmp_path / "run", cfg), events.append)
+    prepare = [e for e in events if not isinstance(e, TrainEvent)]
+    assert [e.done for e in prepare] == [1, 2, 3] and all(isinstance(e, Event) and e.stage == "prepare" for e in prepare)
+    assert all("consistency" in e.losses for e in events if isinstance(e, TrainEvent))
+    tuned, bundled = load_generator(path), load_generator(DEFAULT_MODEL)
+    for (k, a), b in zip(tuned.net.state_dict().items(), bundled.net.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-3), k  # lr 1e-12: still the bundled weights (fp16 file)
+    with open(tmp_path / "run" / "loss_log.csv") as fh:
+        assert "consistency" in fh.readline()
+    with pytest.raises(TrainingError, match="keeps its architecture"):
+        run(train(noisy, clean, tmp_path / "other", TrainConfig(mode="paired", init="bundled", **TINY)))

@@ -13,6 +13,8 @@ def _start_long_paired_run(make_napari_viewer, tmp_path):
     w = TrainWidget(viewer)
     viewer.window.add_dock_widget(w)
     w._mode.value = PAIRED_SIM
+    w._preset.value = "small"  # the reference method from scratch: quick iterations on a CPU
+    w._consistency.value = 0.0
     w._iters.value = 10_000
     w._crop.value = 48
     w._out.value = tmp_path / "run"

@@ -43,12 +43,25 @@ from .checkpoints import FORMAT, ModelInfo
 from .devices import pick_device
 from .lattice import estimate_period
 from .runfolder import CONFIG, LOG, LOSS_COLORS, STATE, _check_writable, _plot_losses, load_run_config, loss_curves, save_run
+from .jobs import Event
 from .train_config import PRESETS, TrainConfig, TrainEvent, TrainingError
+from .train_consistency import FrameNoise, frame_noise
 from .train_data import _crops, _prepare
 from .train_model import ImagePool, _Model
 
 __all__ = ["CONFIG", "LOG", "LOSS_COLORS", "PRESETS", "STATE", "ImagePool", "TrainConfig", "TrainEvent", "TrainingError",
            "load_run_config", "loss_curves", "train"]
+
+
+def _frame_noise(x: np.ndarray, device: str) -> FrameNoise:
+    """The noise model of one prepared noisy frame against the bundled model's output on it."""
+    import warnings
+
+    from .inference import DenoiseWarning, denoise
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DenoiseWarning)
+        return frame_noise(x, denoise(x, device=device))
 
 
 def train(
@@ -96,6 +109,12 @@ def train(
     for stale in run_dir.glob(".*.part"):  # half-written files of a run that died mid-write
         stale.unlink(missing_ok=True)
     device = pick_device(cfg.device)
+    noises = None
+    if cfg.lambda_consistency > 0:  # each noisy frame's noise model, from the bundled model's faithful output
+        noises = []
+        for i, x in enumerate(dom_a.images):
+            noises.append(_frame_noise(x, cfg.device))
+            yield Event(i + 1, len(dom_a.images), "prepare", f"noise model of frame {i + 1} of {len(dom_a.images)}")
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -128,12 +147,14 @@ def train(
     saved_at = start
     try:
         for it in range(start + 1, cfg.iterations + 1):
+            sources: list[int] = []
             if cfg.mode == "cyclegan":
-                batch = (_crops(rng, dom_a, cfg.batch_size, cfg.crop).to(device), _crops(rng, dom_b, cfg.batch_size, cfg.crop).to(device))
+                batch = (_crops(rng, dom_a, cfg.batch_size, cfg.crop, sources=sources).to(device),
+                         _crops(rng, dom_b, cfg.batch_size, cfg.crop).to(device))
             else:
-                x, y = _crops(rng, dom_a, cfg.batch_size, cfg.crop, partner=dom_b)
+                x, y = _crops(rng, dom_a, cfg.batch_size, cfg.crop, partner=dom_b, sources=sources)
                 batch = (x.to(device), y.to(device))
-            losses = model.step(batch, rng)
+            losses = model.step(batch, rng, [noises[k] for k in sources] if noises else None)
             lr = model.lr()
             model.step_schedulers()
             if writer is None:

@@ -12,6 +12,10 @@ from .lattice import check_clip, check_period_range
 from .nets import GeneratorConfig
 
 PRESETS = {
+    # the bundled default model's architecture (residual, linear output, input clip 8, every image at its own scale):
+    # what fine-tuning from the bundled model (init "bundled") trains
+    "default": dict(generator=GeneratorConfig("resnet_6blocks", ngf=32, final="linear", residual=True), ndf=32, crop=128,
+                    batch_size=4, clip=8.0, rescale=False),
     # CPU-friendly: 0.49 M-parameter generators (resnet_6blocks, ngf 16), 96-px crops, batch 4
     "small": dict(generator=GeneratorConfig("resnet_6blocks", ngf=16), ndf=32, crop=96, batch_size=4),
     # the reference CycleGAN's defaults, for a GPU
@@ -48,6 +52,12 @@ class TrainConfig:
     rescale: bool = True
     period_range: tuple[float, float] | None = None  # with rescale False: the range to record (None: estimated)
     clip: float = 3.0  # normalised input clipped to [-clip, clip]; above ~5 leaves heavy dopants unclipped
+    # "scratch": random weights (the reference); "bundled": G_A starts from the bundled default model (its architecture)
+    init: str = "scratch"
+    # weight of the data-consistency term (train_consistency): the output must explain each noisy crop within its noise
+    # at the atom-column scale; 0 turns it off (the reference method)
+    lambda_consistency: float = 0.0
+    consistency_margin: float = 3.0  # |z| up to this many sigma costs nothing
     checkpoint_every: int = 500
     preview_every: int = 50
     seed: int = 0
@@ -61,6 +71,10 @@ class TrainConfig:
             raise TrainingError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
         if self.iterations < 1 or self.batch_size < 1 or self.crop < 16 or self.generator.ngf < 1:
             raise TrainingError("iterations, batch size and generator width must be at least 1, and the crop at least 16 px")
+        if self.init not in ("scratch", "bundled"):
+            raise TrainingError(f"init must be 'scratch' or 'bundled', not {self.init!r}")
+        if not (self.lambda_consistency >= 0 and self.consistency_margin >= 0):
+            raise TrainingError("the consistency weight and margin must not be negative (0 turns the term off)")
         try:
             self.clip = check_clip(self.clip)
             self.period_range = check_period_range(self.period_range)

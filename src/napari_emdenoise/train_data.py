@@ -53,10 +53,14 @@ def _prepare(images: Sequence[np.ndarray], names: Sequence[str], period: float |
     return _Domain(out, list(names)), (_Domain(out_p, list(names)) if partners is not None else None)
 
 
-def _crops(rng: np.random.Generator, domain: _Domain, n: int, size: int, partner: _Domain | None = None):
+def _crops(rng: np.random.Generator, domain: _Domain, n: int, size: int, partner: _Domain | None = None,
+           sources: list[int] | None = None):
+    """``n`` random crops (and the partner's crops cut alike); ``sources``, when given, receives each crop's image index."""
     xs, ys = [], []
     for _ in range(n):
         k = int(rng.integers(len(domain.images)))
+        if sources is not None:
+            sources.append(k)
         img = domain.images[k]
         r = int(rng.integers(0, img.shape[0] - size + 1))
         c = int(rng.integers(0, img.shape[1] - size + 1))

@@ -11,7 +11,23 @@ import torch
 from torch import nn
 
 from .nets import build_discriminator, build_generator, init_weights
-from .train_config import TrainConfig
+from .train_config import TrainConfig, TrainingError
+from .train_consistency import FrameNoise, consistency_loss
+
+
+def _load_bundled(net: nn.Module, cfg) -> None:
+    """Start ``net`` from the bundled default model's weights; its architecture must be the bundled one."""
+    from .checkpoints import load_generator
+    from .inference import DEFAULT_MODEL
+
+    if not DEFAULT_MODEL.exists():
+        raise TrainingError("this installation has no bundled model to start from; train with init 'scratch'")
+    bundled = load_generator(DEFAULT_MODEL)
+    if bundled.info.config != cfg:
+        raise TrainingError(f"fine-tuning the bundled model keeps its architecture ({bundled.info.config.netG}, ngf "
+                            f"{bundled.info.config.ngf}, final {bundled.info.config.final}, residual "
+                            f"{bundled.info.config.residual}); use the 'default' model preset, or init 'scratch'")
+    net.load_state_dict(bundled.net.state_dict())
 
 class ImagePool:
     """The reference's history of generated images: once full, a stored image is returned
@@ -45,6 +61,8 @@ class _Model:
         self.device = device
         g = cfg.generator
         self.nets: dict[str, nn.Module] = {"G_A": init_weights(build_generator(g), seed=cfg.seed)}
+        if cfg.init == "bundled":
+            _load_bundled(self.nets["G_A"], g)
         if cfg.mode == "cyclegan":
             self.nets["G_B"] = init_weights(build_generator(g), seed=cfg.seed + 1)
         if cfg.mode == "cyclegan" or cfg.lambda_adv_paired > 0:
@@ -77,10 +95,16 @@ class _Model:
     def _gan(pred: torch.Tensor, real: bool) -> torch.Tensor:
         return nn.functional.mse_loss(pred, torch.full_like(pred, 1.0 if real else 0.0))
 
-    def step(self, batch, rng: np.random.Generator) -> dict:
-        return self._cycle(*batch, rng) if self.cfg.mode == "cyclegan" else self._paired(*batch, rng)
+    def step(self, batch, rng: np.random.Generator, noises: list[FrameNoise] | None = None) -> dict:
+        """One iteration; ``noises`` (each noisy crop's frame noise model) switch the consistency term on."""
+        return self._cycle(*batch, rng, noises) if self.cfg.mode == "cyclegan" else self._paired(*batch, rng, noises)
 
-    def _cycle(self, real_a: torch.Tensor, real_b: torch.Tensor, rng) -> dict:
+    def _consistency(self, x: torch.Tensor, out: torch.Tensor, noises) -> torch.Tensor:
+        if not noises or self.cfg.lambda_consistency <= 0:
+            return torch.zeros((), device=self.device)
+        return consistency_loss(x, out, noises, self.cfg.consistency_margin) * self.cfg.lambda_consistency
+
+    def _cycle(self, real_a: torch.Tensor, real_b: torch.Tensor, rng, noises=None) -> dict:
         c, n = self.cfg, self.nets
         lam, lam_idt = c.lambda_cycle, c.lambda_cycle * c.lambda_identity
         # generators, with the discriminators frozen
@@ -98,7 +122,8 @@ class _Model:
             g_b = self._gan(n["D_B"](fake_a), True)
             cyc_a = l1(rec_a, real_a) * lam
             cyc_b = l1(rec_b, real_b) * lam
-        (g_a + g_b + cyc_a + cyc_b + idt_a + idt_b).backward()
+        cons = self._consistency(real_a, fake_b, noises)
+        (g_a + g_b + cyc_a + cyc_b + idt_a + idt_b + cons).backward()
         self.opt["G"].step()
         # discriminators, each loss halved, fakes from the pools
         self._requires_grad([n["D_A"], n["D_B"]], True)
@@ -112,10 +137,12 @@ class _Model:
             d_b = (self._gan(n["D_B"](real_a), True) + self._gan(n["D_B"](pool_a.detach()), False)) * 0.5
         d_b.backward()
         self.opt["D"].step()
-        return {k: float(v.detach()) for k, v in dict(D_A=d_a, G_A=g_a, cycle_A=cyc_a, idt_A=idt_a,
-                                                         D_B=d_b, G_B=g_b, cycle_B=cyc_b, idt_B=idt_b).items()}
+        out = dict(D_A=d_a, G_A=g_a, cycle_A=cyc_a, idt_A=idt_a, D_B=d_b, G_B=g_b, cycle_B=cyc_b, idt_B=idt_b)
+        if noises:
+            out["consistency"] = cons
+        return {k: float(v.detach()) for k, v in out.items()}
 
-    def _paired(self, x: torch.Tensor, y: torch.Tensor, rng) -> dict:
+    def _paired(self, x: torch.Tensor, y: torch.Tensor, rng, noises=None) -> dict:
         c, n = self.cfg, self.nets
         adv = "D_A" in n
         if adv:
@@ -125,9 +152,12 @@ class _Model:
             fake = n["G_A"](x)
             l1 = nn.functional.l1_loss(fake, y)
             loss = l1 + (c.lambda_adv_paired * self._gan(n["D_A"](fake), True) if adv else 0.0)
-        loss.backward()
+        cons = self._consistency(x, fake, noises)
+        (loss + cons).backward()
         self.opt["G"].step()
         out = {"L1": float(l1.detach())}
+        if noises:
+            out["consistency"] = float(cons.detach())
         if adv:
             self._requires_grad([n["D_A"]], True)
             self.opt["D"].zero_grad(set_to_none=True)

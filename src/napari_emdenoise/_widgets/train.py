@@ -101,8 +101,14 @@ class TrainWidget(JobWidget):
         self._noisy_dir = FileEdit(mode="d", value="", label="or noisy folder")
         self._clean_dir = FileEdit(mode="d", value="", label="target folder (trainB)")
         self._sim_period = FloatSpinBox(value=12.0, min=3.0, max=100.0, step=0.5, label="simulated period (px)")
-        self._preset = ComboBox(choices=sorted(PRESETS), value="small", label="model size")
-        self._crop = SpinBox(value=PRESETS["small"]["crop"], min=16, max=1024, step=16, label="crop (px)")
+        self._preset = ComboBox(choices=sorted(PRESETS), value="default", label="model",
+                                tooltip="default: the bundled model's architecture, fine-tuned from its weights; small: a "
+                                        "0.5 M-parameter generator from scratch (CPU); reference: the reference CycleGAN's "
+                                        "resnet_9blocks from scratch (GPU)")
+        self._crop = SpinBox(value=PRESETS["default"]["crop"], min=16, max=1024, step=16, label="crop (px)")
+        self._consistency = FloatSpinBox(value=1.0, min=0.0, max=1000.0, step=0.5, label="consistency weight",
+                                         tooltip="the output must explain each noisy frame within its noise at the atom-column "
+                                                 "scale: inventing or erasing a column costs its z^2; 0: the reference method")
         self._iters = SpinBox(value=2000, min=1, max=10_000_000, label="iterations")
         self._device = ComboBox(choices=available_devices(), value="auto", label="device")
         self._out = FileEdit(mode="d", value="", label="output folder")
@@ -110,7 +116,7 @@ class TrainWidget(JobWidget):
         self._pause = PushButton(text="Pause", enabled=False)
         run, stop, bar, status = self.run_controls()
         self.extend([self._mode, self._noisy_layers, self._noisy_dir, self._clean_dir, self._sim_period, self._preset,
-                     self._crop, self._iters, self._device, self._out, self._resume, run, self._pause, stop, bar, status])
+                     self._crop, self._consistency, self._iters, self._device, self._out, self._resume, run, self._pause, stop, bar, status])
         self.plot = LossPlot()
         self.native.layout().addWidget(self.plot)
         self._preset.changed.connect(lambda name: setattr(self._crop, "value", PRESETS[name]["crop"]))
@@ -160,8 +166,11 @@ class TrainWidget(JobWidget):
             noisy, clean, names, clean_names, mode, period = self._data()
             cfg = None
             if not self._resume.value:
-                cfg = TrainConfig.from_preset(self._preset.value, mode=mode, iterations=int(self._iters.value),
-                                              crop=int(self._crop.value), device=self._device.value, period=period)
+                preset = self._preset.value
+                cfg = TrainConfig.from_preset(preset, mode=mode, iterations=int(self._iters.value),
+                                              crop=int(self._crop.value), device=self._device.value, period=period,
+                                              init="bundled" if preset == "default" else "scratch",
+                                              lambda_consistency=float(self._consistency.value))
         except (TrainingError, ImageFileError, ValueError) as exc:
             show_error(str(exc))
             return None
@@ -189,7 +198,10 @@ class TrainWidget(JobWidget):
         """Stop after the current iteration; the training job saves a checkpoint as it closes."""
         self.cancel()
 
-    def on_event(self, e: TrainEvent) -> None:
+    def on_event(self, e) -> None:
+        if not isinstance(e, TrainEvent):  # preparing (the noise model of each frame)
+            self._status.value = e.message
+            return
         self._status.value = f"iteration {e.iteration}/{e.total}, {e.elapsed:.0f} s, about {e.eta:.0f} s left"
         self.plot.add(e.losses)
         if e.preview is not None:

@@ -18,7 +18,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train a generator from noisy images (--noisy, domain A) to clean targets (--clean, domain B). "
             "cyclegan: unpaired, the reference CycleGAN method (targets from 'emdenoise synth'). paired: "
-            "supervised on pairs with the same file names (from 'emdenoise simulate'). Writes RUN_DIR/denoiser.safetensors "
+            "supervised on pairs with the same file names (from 'emdenoise simulate' or 'emdenoise scenes'). By default "
+            "G_A is fine-tuned from the bundled model and a data-consistency term keeps every output within the noise of "
+            "its frame; '--model small --consistency 0' (or --model reference) is the reference method. Writes RUN_DIR/denoiser.safetensors "
             "(for 'emdenoise denoise --model'), latest_net_G_A.pth etc. (reference naming), checkpoint.pt (full state), "
             "loss_log.csv and loss.png. Ctrl-C stops after the current iteration and saves a checkpoint; --resume continues."
         ),
@@ -28,25 +30,37 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clean", nargs="+", type=Path, help="clean target TIFFs or folders (domain B)")
     p.add_argument("-o", "--out", required=True, type=Path, help="run folder")
     p.add_argument("--mode", choices=["cyclegan", "paired"], default="cyclegan", help="training method")
-    p.add_argument("--model", choices=["small", "reference"], default="small",
-                   help="small: resnet_6blocks ngf 16 for a CPU; reference: resnet_9blocks ngf 64 for a GPU")
+    p.add_argument("--model", choices=["default", "small", "reference"], default="default",
+                   help="default: the bundled model's architecture (resnet_6blocks ngf 32, residual, linear output, clip 8, every "
+                        "image at its own scale), fine-tuned from the bundled weights; small: resnet_6blocks ngf 16 for a CPU; "
+                        "reference: resnet_9blocks ngf 64 for a GPU (the reference CycleGAN's generator)")
+    p.add_argument("--init", choices=["bundled", "scratch"], default=None,
+                   help="start G_A from the bundled model's weights or from random ones (default: bundled for --model default, "
+                        "scratch otherwise)")
+    p.add_argument("--consistency", type=float, default=1.0,
+                   help="weight of the data-consistency term: the output must explain each noisy frame within its noise at "
+                        "the atom-column scale (inventing or erasing a column costs its z^2); 0 turns it off (the reference "
+                        "method)")
     p.add_argument("--ngf", type=int, default=None, help="generator width (filters of its first layer; default: the preset's)")
     p.add_argument("--iters", type=int, default=2000, help="iterations")
     p.add_argument("--crop", type=int, default=None, help="crop size in px (default: the model preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="crops per iteration (default: the model preset's)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (constant, then linear decay to 0)")
     p.add_argument("--period", type=float, default=None, help="px per lattice period to train at (default: median of the noisy images)")
-    p.add_argument("--no-rescale", action="store_true",
-                   help="train on every image at its own scale (data spanning the periods to work at, e.g. from 'emdenoise scenes'); "
-                        "the model records the range and denoise resamples only images outside it")
+    p.add_argument("--rescale", action=argparse.BooleanOptionalAction, default=None,
+                   help="--no-rescale: train on every image at its own scale (data spanning the periods to work at, e.g. from "
+                        "'emdenoise scenes'; the model records the range and denoise resamples only images outside it); "
+                        "--rescale: resample every image to one period (default: the preset's; the default preset does not)")
     p.add_argument("--period-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="with --no-rescale: the period range (px) to record (default: 5th-95th percentile of the noisy images' periods)")
-    p.add_argument("--final", choices=["tanh", "linear"], default="tanh",
+    p.add_argument("--final", choices=["tanh", "linear"], default=None,
                    help="the generator's last activation: tanh (reference, output within the input's 0.5-99.5 %% range) or linear "
-                        "(room for dopants and particles brighter than the range)")
-    p.add_argument("--residual", action="store_true", help="the generator adds its output to its input (learns the correction)")
-    p.add_argument("--clip", type=float, default=3.0,
-                   help="normalised input is clipped to +-CLIP (hot pixels); 3 clips heavy dopants, 8 keeps them")
+                        "(room for dopants and particles brighter than the range); default: the preset's")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="the generator adds its output to its input (learns the correction); default: the preset's")
+    p.add_argument("--clip", type=float, default=None,
+                   help="normalised input is clipped to +-CLIP (hot pixels); 3 clips heavy dopants, 8 keeps them (default: the "
+                        "preset's: 8 for default, 3 otherwise)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="compute device")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: mixed precision (autocast) on GPUs with bfloat16 units; fp32 everywhere else")
@@ -73,7 +87,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..train import PRESETS, STATE, TrainConfig, TrainingError, load_run_config, train
+    from ..train import PRESETS, STATE, TrainConfig, TrainEvent, TrainingError, load_run_config, train
     from ..train_data import pair_by_name
 
     if not args.noisy or not args.clean:
@@ -84,24 +98,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             cfg = load_run_config(args.out)
         else:
-            overrides = {k: v for k, v in (("crop", args.crop), ("batch_size", args.batch_size)) if v is not None}
+            chosen = (("crop", args.crop), ("batch_size", args.batch_size), ("clip", args.clip), ("rescale", args.rescale))
+            overrides = {k: v for k, v in chosen if v is not None}
             gen_cfg = PRESETS[args.model]["generator"]
-            overrides["generator"] = replace(gen_cfg, ngf=args.ngf or gen_cfg.ngf, final=args.final, residual=args.residual)
-            if args.period_range and not args.no_rescale:
-                raise UsageError("--period-range goes with --no-rescale")
+            overrides["generator"] = replace(gen_cfg, **{k: v for k, v in (("ngf", args.ngf), ("final", args.final),
+                                                                           ("residual", args.residual)) if v is not None})
+            rescale = overrides.get("rescale", PRESETS[args.model].get("rescale", True))
+            if args.period_range and rescale:
+                raise UsageError("--period-range goes with --no-rescale (the default preset trains without resampling)")
+            init = args.init or ("bundled" if args.model == "default" else "scratch")
             cfg = TrainConfig.from_preset(args.model, mode=args.mode, iterations=args.iters, lr=args.lr, period=args.period,
                                           device=args.device, checkpoint_every=args.checkpoint_every, seed=args.seed,
-                                          precision=args.precision, rescale=not args.no_rescale, clip=args.clip,
+                                          precision=args.precision, init=init, lambda_consistency=args.consistency,
                                           period_range=tuple(args.period_range) if args.period_range else None, **overrides)
         if cfg.mode == "paired":
             clean, clean_names = pair_by_name(noisy_names, clean, clean_names), list(noisy_names)
         gen = train(noisy, clean, args.out, None if args.resume else cfg, noisy_names=noisy_names,
                     clean_names=clean_names, resume=args.resume)
+        if args.resume:
+            print(f"resuming '{args.out}' with its saved settings ({cfg.mode}, {cfg.iterations} iterations); "
+                  "other training options given now are not used", file=sys.stderr)
         bar = tqdm(total=cfg.iterations, desc=f"train {cfg.mode}", unit="it", disable=None)
         with stop_on_interrupt("training stops after this iteration and saves a checkpoint") as stop:
             try:
                 for event in gen:
+                    if not isinstance(event, TrainEvent):  # preparing: the noise model of each frame
+                        bar.set_description_str(f"train {cfg.mode}: {event.message}")
+                        if stop.is_set():
+                            gen.close()
+                            break
+                        continue
                     if bar.n == 0:
+                        bar.set_description_str(f"train {cfg.mode}")
                         bar.n = event.iteration - 1
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in list(event.losses.items())[:4]}, refresh=False)
