@@ -12,11 +12,11 @@ from napari_emdenoise.simulate import simulate
 def _viewer_with_masks(make_napari_viewer):
     viewer = make_napari_viewer()
     noisy = simulate(size=(160, 192), period=10, dents=1, seed=3).noisy
-    viewer.add_image(noisy, name="scan")
-    viewer.add_image(dent_mask(noisy), name="scan dent mask")
+    viewer.add_image(noisy, name="scan", scale=(0.02, 0.02), units=("nm", "nm"))
+    viewer.add_image(dent_mask(noisy), name="scan dent mask", scale=(0.02, 0.02), units=("nm", "nm"))
     painted = np.zeros((128, 128), np.uint8)
     painted[30:90, 40:100] = 1
-    viewer.add_labels(painted, name="hand mask (edit)")
+    viewer.add_labels(painted, name="hand mask (edit)", scale=(0.02, 0.02), units=("nm", "nm"))
     w = DatasetWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.reset_choices()
@@ -30,11 +30,17 @@ def test_preview_adds_targets_without_writing(make_napari_viewer, tmp_path):
     w._mask_layers.value = ["scan dent mask", "hand mask (edit)"]
     w._zooms.value = "20MX=16x12, 10MX=8x6"
     w._per_mask.value = 2
+    w._preview.clicked.emit(False)  # the button's clicked(False) is not a count: 4 targets, as it says
+    assert len([ly for ly in viewer.layers if ly.name.startswith("target ")]) == 4
+    for name in [ly.name for ly in viewer.layers if ly.name.startswith("target ")]:
+        viewer.layers.remove(name)
     layers = w.preview()
     assert [layer.name for layer in layers] == [
         "target 20MX_scan_dent_mask_000.tif", "target 20MX_scan_dent_mask_001.tif",
         "target 20MX_hand_mask_edit_000.tif", "target 20MX_hand_mask_edit_001.tif"]
     assert layers[0].data.shape == (160, 192) and layers[2].data.shape == (128, 128)
+    # the targets keep the frames' pixel size: no "inconsistent units" and no 50x too large previews
+    assert all(tuple(ly.scale) == (0.02, 0.02) and tuple(str(u) for u in ly.units) == ("nanometer", "nanometer") for ly in layers)
     # the painted region is thinner by the dent depth
     t = layers[2].data
     assert t[30:90, 40:100].mean() < 0.7 * t[:20].mean()  # default depth 0.4: 0.6 of the untouched level

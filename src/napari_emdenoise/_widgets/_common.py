@@ -19,3 +19,12 @@ def current_plane(viewer, layer) -> np.ndarray:
 def chosen_path(value) -> Path | None:
     """A FileEdit's value as a path, or None when nothing was chosen."""
     return Path(value) if str(value) not in ("", ".") else None
+
+
+def geometry(layer, translate: bool = True) -> dict:
+    """Scale, translate and units of the last two axes of ``layer``, for a layer drawn over it (or, without the
+    translate, for a new image at the same pixel size)."""
+    out = {"scale": tuple(layer.scale[-2:]), "units": tuple(layer.units[-2:])}
+    if translate:
+        out["translate"] = tuple(layer.translate[-2:])
+    return out

@@ -23,7 +23,7 @@ from ..dataset import (
 )
 from ..io import ImageFileError, list_tiffs, read_tiff
 from ..simulate import simulate
-from ._common import chosen_path
+from ._common import chosen_path, geometry
 from .base import JobWidget
 
 SIMULATED = "simulated lattice"
@@ -107,7 +107,14 @@ class DatasetWidget(JobWidget):
         except (DatasetError, ImageFileError, ValueError) as exc:
             show_error(str(exc))
             return []
-        return [self._viewer.add_image(t.image, name=f"{PREVIEW}{t.filename}") for t in targets]
+        return [self._viewer.add_image(t.image, name=f"{PREVIEW}{t.filename}", **self._pixel_size(t.mask_name))
+                for t in targets]
+
+    def _pixel_size(self, mask_name: str) -> dict:
+        """A target has the pixel size of the frames its mask came from: the mask layer's, else the first image's."""
+        layers = self._viewer.layers
+        source = layers[mask_name] if mask_name in layers else next(iter(self._image_layers()), None)
+        return geometry(source, translate=False) if source is not None else {}
 
     def start(self):
         out = chosen_path(self._out.value)

@@ -45,18 +45,13 @@ from ..masks import (
     mask_region,
     resolve_params,
 )
-from ._common import current_plane
+from ._common import current_plane, geometry
 
 
 def ask(parent, question: str) -> bool:
     """Yes/No dialog; tests replace this function."""
     answer = QMessageBox.question(parent, "EM Denoise", question, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
     return answer == QMessageBox.Yes
-
-
-def _geometry(layer) -> dict:
-    """Scale, translate and units of the last two axes of ``layer``, for a layer drawn over it."""
-    return {"scale": layer.scale[-2:], "translate": layer.translate[-2:], "units": layer.units[-2:]}
 
 
 class MaskWidget(Container):
@@ -177,7 +172,7 @@ class MaskWidget(Container):
             self._viewer.layers[name].data = mask
         else:
             self._viewer.add_image(mask, name=name, colormap="magma", blending="additive", opacity=0.5,
-                                   contrast_limits=(0, 255), **_geometry(layer))
+                                   contrast_limits=(0, 255), **geometry(layer))
         area = 100 * float(mask_region(mask, params.threshold).mean())
         self._status.value = f"dent region: {area:.1f}% of the image"
 
@@ -195,7 +190,7 @@ class MaskWidget(Container):
                 return edit
             edit.data = region
             return edit
-        edit = self._viewer.add_labels(region, name=name, opacity=0.5, **_geometry(layer))
+        edit = self._viewer.add_labels(region, name=name, opacity=0.5, **geometry(layer))
         edit.mode = "paint"
         edit.selected_label = 1
         return edit

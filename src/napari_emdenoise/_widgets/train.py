@@ -34,7 +34,7 @@ from ..train import (
     loss_curves,
     train,
 )
-from ._common import chosen_path
+from ._common import chosen_path, geometry
 from .base import JobWidget
 
 CYCLEGAN = "CycleGAN: noisy -> target folder"
@@ -208,7 +208,9 @@ class TrainWidget(JobWidget):
             if "training preview" in self._viewer.layers:
                 self._viewer.layers["training preview"].data = e.preview
             else:
-                self._viewer.add_image(e.preview, name="training preview")
+                first = next((self._viewer.layers[n] for n in self._noisy_layers.value if n in self._viewer.layers), None)
+                extra = geometry(first, translate=False) if first is not None else {}
+                self._viewer.add_image(e.preview, name="training preview", **extra)
 
     def _finished(self) -> None:
         self._running["worker"] = None
