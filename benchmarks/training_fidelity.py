@@ -8,7 +8,7 @@ counts/px, 60 % with a dent, scan-row offsets), and the targets from the target-
 trains on the same data:
 
 * ``reference``: the reference CycleGAN, a small generator from scratch, no consistency term;
-* ``reference+consistency``: the same with the data-consistency term (weight 1);
+* ``reference+consistency``: the same with the data-consistency term (weight 10, the default);
 * ``fine-tune``: the default: the bundled model's architecture and weights, CycleGAN with the
   consistency term.
 
@@ -122,8 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=None, help="iterations per mode (default 3000; --quick 300)")
     p.add_argument("--device", default="auto")
     p.add_argument("--modes", nargs="+", default=["reference", "reference+consistency", "fine-tune"])
-    p.add_argument("--consistency", type=float, default=1.0, help="weight of the consistency term in the modes that use it")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's, 2e-4)")
+    p.add_argument("--consistency", type=float, default=10.0, help="weight of the consistency term in the modes that use it")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's: 5e-5 fine-tuning, else 2e-4)")
     args = p.parse_args(argv)
     iters = args.iters or (300 if args.quick else 3000)
     n, size = (12, 192) if args.quick else (40, 320)

@@ -266,7 +266,7 @@ def test_train_paired_from_simulate_then_denoise(tmp_path, capsys):
     run_dir = tmp_path / "run"
     rc = main(["train", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"), "-o", str(run_dir),
                "--mode", "paired", "--iters", "6", "--crop", "48", "--batch-size", "2", "--checkpoint-every", "3",
-               "--model", "small", "--consistency", "0", "--ngf", "8", "--precision", "bf16"])
+               "--model", "small", "--consistency", "0", "--ngf", "8", "--precision", "bf16", "--no-report"])
     assert rc == 0, capsys.readouterr().err
     assert (run_dir / "denoiser.safetensors").exists() and (run_dir / "loss.png").exists()
     config = json.loads((run_dir / "config.json").read_text())
@@ -454,9 +454,13 @@ def test_train_by_default_fine_tunes_the_bundled_model_with_the_consistency_term
     run_dir = tmp_path / "run"
     assert main(["train", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"), "-o", str(run_dir), "--mode", "paired",
                  "--iters", "2", "--crop", "48", "--batch-size", "1"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "fidelity report" in out and "| dopants found |" in out and (run_dir / "fidelity_report.md").is_file()
+    report = json.loads((run_dir / "fidelity_report.json").read_text())
+    assert set(report["rows"]) == {"bundled", "trained"} and report["rows"]["bundled"]["dopants_found"] >= 1
     config = json.loads((run_dir / "config.json").read_text())
-    assert (config["init"], config["lambda_consistency"], config["generator"]["ngf"], config["clip"], config["rescale"]) == \
-        ("bundled", 1.0, 32, 8.0, False)
+    assert (config["init"], config["lambda_consistency"], config["generator"]["ngf"], config["clip"], config["rescale"],
+            config["lr"]) == ("bundled", 10.0, 32, 8.0, False, 5e-5)
     assert main(["train", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"), "-o", str(tmp_path / "r2"),
                  "--ngf", "8"]) == 2
     assert "keeps its architecture" in capsys.readouterr().err

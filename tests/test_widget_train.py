@@ -62,7 +62,10 @@ def test_cyclegan_from_folders_and_a_clear_error_for_an_empty_one(make_napari_vi
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     assert (tmp_path / "run" / "latest_net_G_B.pth").exists()
-    assert set(w.plot.series) >= {"D_A", "G_A", "cycle_A"}
+    assert set(w.plot.series) >= {"D_A", "G_A", "cycle_A", "consistency"}  # the default: the consistency term on
+    # the fidelity report ends the run: in the run folder and under the buttons
+    assert (tmp_path / "run" / "fidelity_report.md").is_file()
+    assert "fidelity report" in w._status.value or "less faithful than the bundled model" in w._status.value
 
 
 def test_widget_is_in_the_plugins_menu(make_napari_viewer):

@@ -14,8 +14,9 @@ from .nets import GeneratorConfig
 PRESETS = {
     # the bundled default model's architecture (residual, linear output, input clip 8, every image at its own scale):
     # what fine-tuning from the bundled model (init "bundled") trains
+    # (lr 5e-5: a quarter of the reference's, as fits fine-tuning; measured in benchmarks/training_fidelity.py)
     "default": dict(generator=GeneratorConfig("resnet_6blocks", ngf=32, final="linear", residual=True), ndf=32, crop=128,
-                    batch_size=4, clip=8.0, rescale=False),
+                    batch_size=4, clip=8.0, rescale=False, lr=5e-5),
     # CPU-friendly: 0.49 M-parameter generators (resnet_6blocks, ngf 16), 96-px crops, batch 4
     "small": dict(generator=GeneratorConfig("resnet_6blocks", ngf=16), ndf=32, crop=96, batch_size=4),
     # the reference CycleGAN's defaults, for a GPU

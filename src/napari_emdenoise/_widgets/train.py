@@ -17,7 +17,7 @@ import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushButton, Select, SpinBox
 from napari.qt.threading import GeneratorWorker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QPointF
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QApplication, QWidget
@@ -32,8 +32,8 @@ from ..train import (
     TrainEvent,
     TrainingError,
     loss_curves,
-    train,
 )
+from ..train_report import train_with_report
 from ._common import chosen_path, geometry
 from .base import JobWidget
 
@@ -106,17 +106,20 @@ class TrainWidget(JobWidget):
                                         "0.5 M-parameter generator from scratch (CPU); reference: the reference CycleGAN's "
                                         "resnet_9blocks from scratch (GPU)")
         self._crop = SpinBox(value=PRESETS["default"]["crop"], min=16, max=1024, step=16, label="crop (px)")
-        self._consistency = FloatSpinBox(value=1.0, min=0.0, max=1000.0, step=0.5, label="consistency weight",
+        self._consistency = FloatSpinBox(value=10.0, min=0.0, max=1000.0, step=0.5, label="consistency weight",
                                          tooltip="the output must explain each noisy frame within its noise at the atom-column "
                                                  "scale: inventing or erasing a column costs its z^2; 0: the reference method")
         self._iters = SpinBox(value=2000, min=1, max=10_000_000, label="iterations")
         self._device = ComboBox(choices=available_devices(), value="auto", label="device")
         self._out = FileEdit(mode="d", value="", label="output folder")
         self._resume = CheckBox(value=False, text="continue the run in the output folder")
+        self._report = CheckBox(value=True, text="fidelity report at the end",
+                                tooltip="the trained model beside the bundled one: flagged pixels on your frames and the quick "
+                                        "fidelity scenes (vacancies, dopants, vacuum, dents); a warning where it is worse")
         self._pause = PushButton(text="Pause", enabled=False)
         run, stop, bar, status = self.run_controls()
         self.extend([self._mode, self._noisy_layers, self._noisy_dir, self._clean_dir, self._sim_period, self._preset,
-                     self._crop, self._consistency, self._iters, self._device, self._out, self._resume, run, self._pause, stop, bar, status])
+                     self._crop, self._consistency, self._iters, self._device, self._out, self._resume, self._report, run, self._pause, stop, bar, status])
         self.plot = LossPlot()
         self.native.layout().addWidget(self.plot)
         self._preset.changed.connect(lambda name: setattr(self._crop, "value", PRESETS[name]["crop"]))
@@ -179,14 +182,23 @@ class TrainWidget(JobWidget):
         self.cancelled = f"checkpoint saved in {out}"
         self._status.value = "reading the images and building the model…"
         # inputs are checked by the job before its first iteration; a problem arrives as `errored`
-        worker = self.launch(train, noisy, clean, out, cfg, noisy_names=names, clean_names=clean_names,
-                             resume=self._resume.value)
+        worker = self.launch(train_with_report, noisy, clean, out, cfg, report=bool(self._report.value),
+                             noisy_names=names, clean_names=clean_names, resume=self._resume.value)
         self._running["worker"] = worker
         return worker
 
-    def on_result(self, path) -> None:
+    def on_result(self, result) -> None:
+        path, report = result
         self._status.value = f"finished: {path}"
-        show_info(f"Training finished: {path}")
+        if report is None:
+            show_info(f"Training finished: {path}")
+        elif report.warnings:
+            self._status.value += "\nWARNING: less faithful than the bundled model:\n" + "\n".join(report.warnings)
+            show_warning(f"Training finished, but the model is less faithful than the bundled one "
+                         f"({'; '.join(report.warnings)}). See {path.parent / 'fidelity_report.md'}.")
+        else:
+            self._status.value += "\nfidelity report: at least as faithful as the bundled model on every row"
+            show_info(f"Training finished: {path}; fidelity report in {path.parent / 'fidelity_report.md'}")
 
     def toggle_pause(self) -> None:
         if self._worker is not None:
