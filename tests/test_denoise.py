@@ -270,3 +270,23 @@ def test_constant_images_of_any_magnitude_and_rgb_arrays():
     rgb = np.repeat(simulate(size=64, period=12, seed=0).noisy[..., None], 3, axis=-1)
     with pytest.raises(ValueError, match="RGB"):
         denoise(rgb)
+
+
+def test_inverted_contrast_is_noticed_and_denoised_with_invert():
+    from napari_emdenoise.inference import contrast_skew
+
+    s = simulate(size=256, period=12, dose=5, dents=1, seed=3)
+    bright_field = (s.noisy.max() + 5 - s.noisy).astype(np.float32)  # columns darker than the background
+    truth = s.noisy.max() + 5 - s.clean
+    assert contrast_skew(s.noisy) > 1.5 and contrast_skew(bright_field) < -1.5
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain = denoise(bright_field, tile=None)
+    assert any("inverted contrast" in str(w.message) and "invert=True" in str(w.message) for w in caught)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inverted = denoise(bright_field, tile=None, invert=True)
+    assert not any("inverted contrast" in str(w.message) for w in caught)
+    psnr = lambda o: 10 * np.log10(np.ptp(truth) ** 2 / np.mean((o - truth) ** 2))  # noqa: E731
+    assert inverted.mean() == pytest.approx(truth.mean(), rel=0.05)  # the result is turned back: still bright-field
+    assert psnr(inverted) >= psnr(plain) + 3.0

@@ -66,13 +66,16 @@ class DenoiseWidget(JobWidget):
                                     tooltip="lattice period of the image; 0: estimate it")
         self._period_label = Label(value="", label="")
         self._stack = CheckBox(value=False, text="whole stack (not only the current slice)")
+        self._invert = CheckBox(value=False, text="invert contrast (bright-field / ABF)",
+                                tooltip="for images whose atom columns are darker than the background: denoised as ADF "
+                                        "contrast, the result turned back")
         self._map = CheckBox(value=False, text="add consistency map layer",
                              tooltip="z: data minus output in units of the noise (bwr colormap, ±2 x threshold); "
                                      "red: the data are brighter (something erased), blue: the output is "
                                      "brighter (something invented)")
         self.extend([
             self._image, self._source, self._file, self._model_label, self._tile, self._overlap, self._device,
-            self._rescale, self._period, self._period_label, self._stack, self._map, *self.run_controls(),
+            self._rescale, self._period, self._period_label, self._stack, self._invert, self._map, *self.run_controls(),
         ])
         self._file.visible = self._source.value == FILE
         self._source.changed.connect(self._on_source)
@@ -154,6 +157,7 @@ class DenoiseWidget(JobWidget):
         return self.launch(
             _denoise_and_check, data, self._model, tile=self._tile.value or None, overlap=self._overlap.value,
             device=self._device.value, period=self._period.value or None, rescale=self._rescale.value,
+            invert=self._invert.value,
         )
 
     def on_result(self, out: tuple[np.ndarray, Consistency | ConsistencyError]) -> None:

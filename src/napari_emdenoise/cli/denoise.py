@@ -37,6 +37,9 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--period", type=float, default=None, help="lattice period of the inputs in px (skips the estimate)")
     scale.add_argument("--no-rescale", action="store_true", help="do not resample to the model's training period")
+    p.add_argument("--invert", action="store_true",
+                   help="bright-field or ABF images (atom columns darker than the background): denoise them as ADF contrast "
+                        "and turn the result back (a note says when an image looks inverted without it)")
     p.add_argument("--dtype", choices=["float32", "uint16"], default="float32", help="output sample type")
     p.add_argument("--check", action="store_true",
                    help="check each output against its input: write OUT_DIR/<name>_consistency.tif (z map, float32) "
@@ -89,6 +92,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                 result = run_job(iter_denoise(
                     img.data, net, tile=args.tile or None, overlap=args.overlap, batch_size=args.batch_size,
                     device=args.device, period=args.period, rescale=not args.no_rescale, amp=not args.no_amp,
+                    invert=args.invert,
                 ), path.name, "tile")
             print_notes(caught, path.name)
             cons, cons_error = None, None
