@@ -155,3 +155,31 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_full_disk_says_disk_full_and_changes_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import tifffile
+
+    from napari_emdenoise.io import ImageFileError
+
+    target = tmp_path / "out.tif"
+    write_tiff(target, np.ones((16, 16), np.float32))
+    before = target.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError("655360 requested and 22400 written")  # what numpy's tofile says on a full disk
+
+    monkeypatch.setattr(tifffile, "imwrite", full)
+    with pytest.raises(ImageFileError, match="disk full") as info:
+        write_tiff(target, np.zeros((256, 256), np.float32), overwrite=True)
+    assert "MB needed" in str(info.value) and "MB free" in str(info.value)
+    assert target.read_bytes() == before and not list(tmp_path.glob(".*.part"))
+
+    def enospc(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", enospc)
+    with pytest.raises(ImageFileError, match="disk full"):
+        write_tiff(target, np.zeros((16, 16), np.float32), overwrite=True)

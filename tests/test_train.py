@@ -244,3 +244,26 @@ def test_fine_tuning_starts_from_the_bundled_model_with_the_consistency_term(tmp
         assert "consistency" in fh.readline()
     with pytest.raises(TrainingError, match="keeps its architecture"):
         run(train(noisy, clean, tmp_path / "other", TrainConfig(mode="paired", init="bundled", **TINY)))
+
+
+def test_a_full_disk_during_training_keeps_the_last_checkpoint(tmp_path, data, monkeypatch):
+    import errno
+
+    noisy, _, clean = data
+    cfg = TrainConfig(iterations=4, checkpoint_every=2, **TINY)
+    gen = train(noisy, clean, tmp_path / "run", cfg)
+    for _ in range(2):  # the checkpoint of iteration 2 is written
+        next(gen)
+    saved = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    real_save = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(TrainingError, match="disk full") as info:
+        run(gen)
+    assert "iteration 4 could not be saved" in str(info.value) and "last saved checkpoint is kept" in str(info.value)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == saved
+    assert not list((tmp_path / "run").glob(".*.part"))

@@ -10,9 +10,11 @@ Pixel sizes are reported in nanometres when the file's unit is known.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -325,17 +327,35 @@ def write_tiff(
         else:
             kwargs["description"] = json.dumps(info, sort_keys=True)
     try:
-        atomic_write(path, lambda tmp: tifffile.imwrite(tmp, arr, **kwargs))
+        atomic_write(path, lambda tmp: tifffile.imwrite(tmp, arr, **kwargs), size_hint=arr.nbytes + 65536)
+    except DiskFullError as exc:
+        raise ImageFileError(exc.strerror) from exc
     except OSError as exc:
         raise ImageFileError(f"Could not write '{path}': {exc.strerror or exc}. Nothing was changed there.") from exc
     return path
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
+class DiskFullError(OSError):
+    """The disk filled up while a file was written; nothing was changed at its path."""
+
+
+def _is_disk_full(exc: BaseException, folder: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    text = str(exc)
+    if isinstance(exc, OSError) and "requested and" in text and "written" in text:  # numpy's tofile: a short write
+        return True
+    # torch.save reports "file write failed" in a RuntimeError: a full disk when (almost) nothing is left
+    return isinstance(exc, RuntimeError) and "write failed" in text and shutil.disk_usage(folder).free < 64e6
+
+
+def atomic_write(path: str | os.PathLike, write, size_hint: int | None = None) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
     A failure or an interruption (full disk, killed process) leaves whatever was at ``path``
-    untouched; the new file gets the usual permissions (not mkstemp's owner-only ones).
+    untouched; the new file gets the usual permissions (not mkstemp's owner-only ones). A full
+    disk raises :class:`DiskFullError` saying so, with the space needed (``size_hint`` bytes,
+    when known) and the space free.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -349,8 +369,15 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if _is_disk_full(exc, path.parent):
+            free = shutil.disk_usage(path.parent).free
+            need = f"about {size_hint / 1e6:.1f} MB needed, " if size_hint else ""
+            said = getattr(exc, "strerror", None) or str(exc)
+            raise DiskFullError(errno.ENOSPC, f"disk full: '{path}' could not be written ({need}{free / 1e6:.1f} MB "
+                                              f"free on that disk; the system said: {said}); free some space or write "
+                                              "elsewhere. Nothing was changed there") from exc
         raise
     return path
 

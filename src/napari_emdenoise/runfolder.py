@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .checkpoints import ModelInfo, save_generator, save_reference
-from .io import atomic_write
+from .io import DiskFullError, atomic_write
 from .train_config import TrainConfig, TrainingError
 from .train_model import _Model
 
@@ -33,12 +33,17 @@ def _check_writable(run_dir: Path) -> None:
 
 
 def save_run(run_dir: Path, model: _Model, iteration: int, rng: np.random.Generator, info: ModelInfo) -> Path:
-    """Full state (atomic), reference-named networks and our .safetensors denoiser."""
-    state_path = atomic_write(run_dir / STATE, lambda tmp: torch.save(model.state(iteration, rng), tmp))
-    for name, net in model.nets.items():
-        save_reference(run_dir / f"latest_net_{name}.pth", net)
-    save_generator(run_dir / "denoiser.safetensors", model.nets["G_A"],
-                   replace(info, description=f"{info.description}; iteration {iteration}"))
+    """Full state (atomic), reference-named networks and our .safetensors denoiser; a full disk is a TrainingError
+    that says so, and the previous checkpoint stays as it was."""
+    try:
+        state_path = atomic_write(run_dir / STATE, lambda tmp: torch.save(model.state(iteration, rng), tmp))
+        for name, net in model.nets.items():
+            save_reference(run_dir / f"latest_net_{name}.pth", net)
+        save_generator(run_dir / "denoiser.safetensors", model.nets["G_A"],
+                       replace(info, description=f"{info.description}; iteration {iteration}"))
+    except DiskFullError as exc:
+        raise TrainingError(f"iteration {iteration} could not be saved: {exc.strerror}; the last saved checkpoint is "
+                            "kept (resume from it once there is room)") from None
     return state_path
 
 
