@@ -183,3 +183,12 @@ def test_a_full_disk_says_disk_full_and_changes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(tifffile, "imwrite", enospc)
     with pytest.raises(ImageFileError, match="disk full"):
         write_tiff(target, np.zeros((16, 16), np.float32), overwrite=True)
+
+
+def test_a_pipe_named_like_a_tiff_is_refused_at_once(tmp_path):
+    import os
+
+    fifo = tmp_path / "x.tif"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageFileError, match="not a regular file"):
+        read_tiff(fifo)

@@ -207,6 +207,8 @@ def read_tiff(path: str | os.PathLike) -> TiffImage:
         raise ImageFileError(f"Cannot open '{path}': no such file.")
     if path.is_dir():
         raise ImageFileError(f"Cannot open '{path}': it is a folder, not a TIFF file.")
+    if not path.is_file():  # a FIFO, socket or device would block or stream forever
+        raise ImageFileError(f"Cannot open '{path}': it is not a regular file (a pipe or a device?); save the image to a file first.")
     _check_magic(path)
     notes: list[str] = []
     try:
