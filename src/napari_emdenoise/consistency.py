@@ -100,7 +100,8 @@ def _as_float(name: str, a) -> tuple[np.ndarray, float, bool]:
     if arr.dtype.kind not in "uif" or arr.dtype == np.bool_:
         raise ConsistencyError(f"the {name} image must hold numbers, got dtype {arr.dtype}")
     if arr.ndim < 2 or min(arr.shape[-2:]) < 8:
-        raise ConsistencyError(f"need 2D images of at least 8 x 8 px (or stacks of them), got shape {arr.shape} for the {name}")
+        raise ConsistencyError(f"need 2D images of at least 8 x 8 px (or stacks of them), got shape {arr.shape} for the "
+                               f"{'data' if name == 'noisy' else name}")
     sub = arr[..., :: max(1, arr.shape[-2] // 128), :: max(1, arr.shape[-1] // 128)].astype(np.float64)
     sub = np.abs(sub[np.isfinite(sub)])
     peak = float(sub.max()) if sub.size else 0.0
@@ -137,6 +138,8 @@ def _fit_affine(y: np.ndarray, d: np.ndarray, bound: float) -> tuple[float, floa
     ok = ys < bound
     if ok.sum() > 0.5 * ok.size:
         ys, ds = ys[ok], ds[ok]
+    if not ys.std() > 0:
+        raise ConsistencyError("the data are constant (a blank or saturated frame): there is nothing to check against")
     dv = ds - ds.mean()
     var_d = float(dv @ dv)
     if not var_d > 1e-12 * max(float(np.abs(ds).max()) ** 2, 1e-300) * len(ds):
@@ -313,15 +316,17 @@ def check(noisy, denoised, *, scale: float | None = None, threshold: float = THR
         if (holes & ~d_holes).any():
             raise ConsistencyError(f"the data have {int((holes & ~d_holes).sum())} NaN or infinite pixels where the output "
                                    "has numbers: set those output pixels to NaN too, or crop them, before checking")
-        fill = np.float32(np.median(d[~holes])) if (~holes).any() else np.float32(0)
+        if holes.all():
+            raise ConsistencyError("the data have no finite pixels (all NaN or infinite): there is nothing to check")
+        fill = np.float32(np.median(d[~holes]))
         y, d = np.where(holes, fill, y), np.where(holes, fill, d)
-    if not threshold > 0:
-        raise ConsistencyError(f"threshold must be positive (sigma), got {threshold}")
+    if not (np.isfinite(threshold) and 0 < threshold <= 100):
+        raise ConsistencyError(f"threshold must be a number of sigma between 0 and 100 (4.5 by default), got {threshold}")
     if scale is None:
         scale = column_scale(y)
-    if not (np.isfinite(scale) and 0 < scale <= min(y.shape[-2:]) / 4):
-        raise ConsistencyError(f"scale must be a positive number of px, at most a quarter of the image side "
-                               f"({min(y.shape[-2:]) / 4:g}), got {scale}")
+    if not (np.isfinite(scale) and 0.5 <= scale <= min(y.shape[-2:]) / 4):
+        raise ConsistencyError(f"scale must be a number of px from 0.5 to a quarter of the image side "
+                               f"({min(y.shape[-2:]) / 4:g}), got {scale}; leave it out to take 0.15 of the lattice period")
     scale = max(float(scale), MIN_SCALE)
     planes_y = y.reshape(-1, *y.shape[-2:])
     planes_d = d.reshape(-1, *d.shape[-2:])

@@ -53,6 +53,13 @@ __all__ = ["CONFIG", "LOG", "LOSS_COLORS", "PRESETS", "STATE", "ImagePool", "Tra
            "load_run_config", "loss_curves", "train"]
 
 
+def _bundled_range() -> tuple[float, float] | None:
+    from .checkpoints import load_generator
+    from .inference import DEFAULT_MODEL
+
+    return load_generator(DEFAULT_MODEL).info.period_range if DEFAULT_MODEL.exists() else None
+
+
 def _frame_noise(x: np.ndarray, device: str) -> FrameNoise:
     """The noise model of one prepared noisy frame against the bundled model's output on it."""
     import warnings
@@ -97,7 +104,12 @@ def train(
     if cfg.period is None:
         cfg = replace(cfg, period=float(np.median(found)) if found else None)
     if not cfg.rescale and cfg.period_range is None and found:
-        cfg = replace(cfg, period_range=(float(np.percentile(found, 5)), float(np.percentile(found, 95))))
+        low, high = float(np.percentile(found, 5)), float(np.percentile(found, 95))
+        if cfg.init == "bundled":  # a fine-tuned model keeps what the bundled one was trained on, and adds these frames
+            bundled = _bundled_range()
+            if bundled is not None:
+                low, high = min(low, bundled[0]), max(high, bundled[1])
+        cfg = replace(cfg, period_range=(low, high))
     period = cfg.period
     own = noisy_periods if cfg.rescale else None
     if cfg.mode == "paired":
@@ -105,21 +117,26 @@ def train(
     else:
         dom_a, _ = _prepare(noisy, noisy_names, period, cfg, periods=own)
         dom_b, _ = _prepare(clean, clean_names, period, cfg)
-    _check_writable(run_dir)
-    for stale in run_dir.glob(".*.part"):  # half-written files of a run that died mid-write
-        stale.unlink(missing_ok=True)
     device = pick_device(cfg.device)
-    noises = None
-    if cfg.lambda_consistency > 0:  # each noisy frame's noise model, from the bundled model's faithful output
-        noises = []
-        for i, x in enumerate(dom_a.images):
-            noises.append(_frame_noise(x, cfg.device))
-            yield Event(i + 1, len(dom_a.images), "prepare", f"noise model of frame {i + 1} of {len(dom_a.images)}")
-
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = _Model(cfg, device)
+    model = _Model(cfg, device)  # before anything is written: a model that cannot be built leaves no folder behind
+    created = not run_dir.exists()
+    _check_writable(run_dir)
+    for stale in run_dir.glob(".*.part"):  # half-written files of a run that died mid-write
+        stale.unlink(missing_ok=True)
+    noises = None
+    try:
+        if cfg.lambda_consistency > 0:  # each noisy frame's noise model, from the bundled model's faithful output
+            noises = []
+            for i, x in enumerate(dom_a.images):
+                noises.append(_frame_noise(x, cfg.device))
+                yield Event(i + 1, len(dom_a.images), "prepare", f"noise model of frame {i + 1} of {len(dom_a.images)}")
+    except BaseException:  # stopped or failed before the run began: no empty folder stays behind
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
     info = ModelInfo(config=cfg.generator, norm_low=cfg.norm_low, norm_high=cfg.norm_high, period=period, clip=cfg.clip,
                      period_range=cfg.period_range if not cfg.rescale else None, format=FORMAT,
                      description=f"{cfg.mode} training, {cfg.iterations} iterations, crop {cfg.crop}, seed {cfg.seed}")

@@ -14,14 +14,17 @@ from .nets import GeneratorConfig
 PRESETS = {
     # the bundled default model's architecture (residual, linear output, input clip 8, every image at its own scale):
     # what fine-tuning from the bundled model (init "bundled") trains
-    # (lr 5e-5: a quarter of the reference's, as fits fine-tuning; measured in benchmarks/training_fidelity.py)
     "default": dict(generator=GeneratorConfig("resnet_6blocks", ngf=32, final="linear", residual=True), ndf=32, crop=128,
-                    batch_size=4, clip=8.0, rescale=False, lr=5e-5),
+                    batch_size=4, clip=8.0, rescale=False),
     # CPU-friendly: 0.49 M-parameter generators (resnet_6blocks, ngf 16), 96-px crops, batch 4
     "small": dict(generator=GeneratorConfig("resnet_6blocks", ngf=16), ndf=32, crop=96, batch_size=4),
     # the reference CycleGAN's defaults, for a GPU
     "reference": dict(generator=GeneratorConfig("resnet_9blocks", ngf=64), ndf=64, crop=256, batch_size=1),
 }
+
+
+REFERENCE_LR = 2e-4  # the reference CycleGAN's
+FINE_TUNE_LR = 5e-5  # a quarter of it, as fits fine-tuning (measured in benchmarks/training_fidelity.py)
 
 
 class TrainingError(ValueError):
@@ -38,7 +41,7 @@ class TrainConfig:
     decay_from: float = 0.5  # fraction of iterations after which the learning rate decays linearly to 0
     batch_size: int = 4
     crop: int = 96
-    lr: float = 2e-4
+    lr: float | None = None  # None: REFERENCE_LR from scratch, FINE_TUNE_LR from the bundled model
     beta1: float = 0.5
     lambda_cycle: float = 10.0  # lambda_A = lambda_B
     lambda_identity: float = 0.5  # times lambda_cycle
@@ -68,14 +71,26 @@ class TrainConfig:
         """The one place training settings are validated: a :class:`TrainingError` says what is wrong, before any work."""
         if self.mode not in ("cyclegan", "paired"):
             raise TrainingError(f"mode must be 'cyclegan' or 'paired', not {self.mode!r}")
+        if not isinstance(self.generator, GeneratorConfig):
+            raise TrainingError(f"generator must be a GeneratorConfig, not {type(self.generator).__name__}")
         if self.precision not in ("fp32", "bf16"):
             raise TrainingError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
         if self.iterations < 1 or self.batch_size < 1 or self.crop < 16 or self.generator.ngf < 1:
             raise TrainingError("iterations, batch size and generator width must be at least 1, and the crop at least 16 px")
         if self.init not in ("scratch", "bundled"):
             raise TrainingError(f"init must be 'scratch' or 'bundled', not {self.init!r}")
-        if not (self.lambda_consistency >= 0 and self.consistency_margin >= 0):
-            raise TrainingError("the consistency weight and margin must not be negative (0 turns the term off)")
+        if not (0 <= self.lambda_consistency < float("inf") and 0 <= self.consistency_margin < float("inf")):
+            raise TrainingError(f"the consistency weight and margin must be finite numbers of at least 0 (0 turns the term "
+                                f"off), not {self.lambda_consistency} and {self.consistency_margin}")
+        if self.lr is None:
+            self.lr = FINE_TUNE_LR if self.init == "bundled" else REFERENCE_LR
+        if not 0 < self.lr < 1:
+            raise TrainingError(f"the learning rate must be a number between 0 and 1 (2e-4 is the reference's), not {self.lr}")
+        if self.period is not None:
+            if not (isinstance(self.period, (int, float)) and 1 <= self.period < float("inf")):
+                raise TrainingError(f"the training period must be a number of px, at least 1, not {self.period!r}; "
+                                    "leave it out to take the noisy images' median")
+            self.period = float(self.period)
         try:
             self.clip = check_clip(self.clip)
             self.period_range = check_period_range(self.period_range)

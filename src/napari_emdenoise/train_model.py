@@ -24,9 +24,10 @@ def _load_bundled(net: nn.Module, cfg) -> None:
         raise TrainingError("this installation has no bundled model to start from; train with init 'scratch'")
     bundled = load_generator(DEFAULT_MODEL)
     if bundled.info.config != cfg:
-        raise TrainingError(f"fine-tuning the bundled model keeps its architecture ({bundled.info.config.netG}, ngf "
-                            f"{bundled.info.config.ngf}, final {bundled.info.config.final}, residual "
-                            f"{bundled.info.config.residual}); use the 'default' model preset, or init 'scratch'")
+        c = bundled.info.config
+        raise TrainingError(f"fine-tuning the bundled model keeps its architecture ({c.netG}, ngf {c.ngf}, final {c.final}, "
+                            f"residual {c.residual}): use the 'default' model preset without changing the generator "
+                            "(--ngf, --final, --residual), or start from random weights (init 'scratch', --init scratch)")
     net.load_state_dict(bundled.net.state_dict())
 
 class ImagePool:

@@ -36,6 +36,7 @@ class JobWidget(Container):
         self._viewer = napari_viewer
         self._worker: ClosingWorker | None = None
         self._dock_bar: progress | None = None
+        self._returned = False
         self._run = PushButton(text=run_text)
         self._cancel = PushButton(text=cancel_text, enabled=False)
         self._progress = ProgressBar(value=0, min=0, max=1, label="progress", visible=False)
@@ -59,8 +60,9 @@ class JobWidget(Container):
     def launch(self, job, *args, **kwargs) -> ClosingWorker:
         """Run the core job ``job(*args, **kwargs)`` (a generator of Events) in a worker thread."""
         worker = ClosingWorker(job, *args, **kwargs)
+        self._returned = False
         worker.yielded.connect(self._event)
-        worker.returned.connect(self.on_result)
+        worker.returned.connect(self._result)
         worker.errored.connect(lambda exc: self.on_error(exc))
         worker.aborted.connect(lambda: show_info(f"{self.what} cancelled; {self.cancelled}"))
         worker.finished.connect(self._finished)
@@ -87,7 +89,13 @@ class JobWidget(Container):
         show_error(f"{self.what} failed: {exc}")
 
     # ------------------------------------------------------------------ internals
+    def _result(self, result) -> None:
+        self._returned = True  # an event delivered after the result must not overwrite what the result shows
+        self.on_result(result)
+
     def _event(self, event: Event) -> None:
+        if self._returned:
+            return
         total = max(int(event.total), 1)
         self._progress.max = total
         self._progress.value = min(int(event.done), total)

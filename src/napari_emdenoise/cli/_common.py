@@ -10,6 +10,15 @@ from pathlib import Path
 from ..jobs import Job, drive
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it is None (whose meaning the help text says)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class UsageError(Exception):
     """A problem with what the user asked for; printed without a traceback."""
 

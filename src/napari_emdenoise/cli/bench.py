@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import UsageError, new_folder, notes, print_notes, run_job
+from ._common import HelpFormatter, UsageError, new_folder, notes, print_notes, run_job
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,7 +19,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
             "the bundled default model (or --model), and write input.tif, output.tif, truth.tif, scores.json and "
             "demo.png (input, output and truth side by side with the scores) to a new folder, whose name it prints."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("-o", "--out", type=Path, default=None, help="output folder (default: a new ./emdenoise-demo[-N])")
     p.add_argument("--model", type=Path, default=None, help="checkpoint to use instead of the bundled default")
@@ -59,7 +59,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
             "(Bragg) filtering, the bundled model and any --extra checkpoints; print a table and write "
             "OUT/bench.csv, OUT/summary.csv and OUT/bench.png (crops of input, truth and each method)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("-o", "--out", type=Path, default=None, help="output folder (default: a new ./emdenoise-bench[-N])")
     p.add_argument("--quick", action="store_true", help="4 small images instead of 12 (--fidelity: 7 of 256x256)")

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..io import ImageFileError, expand_tiffs, is_tiff_path, read_tiff, write_tiff
 from ..simulate import LATTICES, SimParams, simulate
-from ._common import UsageError, basis, pair, run_job, size
+from ._common import HelpFormatter, UsageError, basis, pair, run_job, size
 
 def _add_mask(sub: argparse._SubParsersAction) -> None:
     from ..masks import PRESETS, VARIANTS
@@ -25,7 +25,7 @@ def _add_mask(sub: argparse._SubParsersAction) -> None:
             "and blur from the lattice period estimated on the image. Writes OUT/<name>_mask.tif, or OUT itself "
             "when it ends in .tif and there is one input."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="noisy TIFF images")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder, or a .tif path for one input")
@@ -79,7 +79,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
             "LABEL=example.tif), resample to each mask's size and thin it by the mask. Writes OUT/trainB/*.tif "
             "(targets), OUT/trainA/*.tif (the --noisy images) and OUT/manifest.csv/json."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--lattice", type=Path, help="clean synthetic lattice TIFF")
@@ -133,7 +133,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
             "positions, row and col in px) and OUT/simulate.json (all parameters and seeds); with "
             "--prefix P the names are P_NNNN and the parameters go to OUT/P.json."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--n", type=int, default=8, help="number of images")
@@ -191,7 +191,7 @@ def _add_scenes(sub: argparse._SubParsersAction) -> None:
             "truth in the same detector units) and OUT/scenes.json. For 'emdenoise train --mode paired --no-rescale'. "
             "Seeds 9000-9999 belong to the fidelity benchmark and are refused."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.add_argument("--n", type=int, default=100, help="number of scenes")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..io import ImageFileError, read_tiff, write_tiff
-from ._common import UsageError, notes, print_notes, run_job
+from ._common import HelpFormatter, UsageError, notes, print_notes, run_job
 
 def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,7 +23,7 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
             "brighter, something was invented; |z| > 4.5 is flagged), with one summary line per file. "
             "A file that fails is reported and the rest continue; the exit code is 1 if any failed."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="input TIFF files")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder (created if missing)")
@@ -132,7 +132,7 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
             "positive where something was erased, negative where something was invented; |z| > THRESHOLD is "
             "flagged) to -o. Exit code 0 whether or not regions are flagged; 2 when the pair cannot be compared."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("data", type=Path, help="the recorded (noisy) TIFF")
     p.add_argument("output", type=Path, help="the denoised TIFF to check")
@@ -150,6 +150,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from ..consistency import ConsistencyError, check
 
     if args.out is not None:
+        if args.out.suffix.lower() not in (".tif", ".tiff"):
+            raise UsageError(f"-o {args.out}: the z map is written as a TIFF; name it .tif or .tiff")
         if args.out.resolve() in (args.data.resolve(), args.output.resolve()):
             raise UsageError(f"-o {args.out} would replace an input; name a new file for the z map")
         if args.out.exists() and not args.overwrite:
@@ -163,7 +165,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         write_tiff(args.out, cons.z, pixel_size=data.pixel_size, overwrite=args.overwrite,
                    description={"data": str(args.data), "output": str(args.output), "consistency": cons.summary()})
     if args.json:
-        print(json.dumps({"data": str(args.data), "output": str(args.output), **cons.summary()}, indent=2))
+        print(json.dumps({"data": str(args.data), "output": str(args.output),
+                          "z_map": str(args.out) if args.out is not None else None, **cons.summary()}, indent=2))
     else:
         print(f"{args.output.name}: {cons.text()}" + (f" (z map: {args.out})" if args.out is not None else ""))
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import expand_tiffs, read_tiff
-from ._common import UsageError, stop_on_interrupt
+from ._common import HelpFormatter, UsageError, stop_on_interrupt
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,7 +24,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "(for 'emdenoise denoise --model'), latest_net_G_A.pth etc. (reference naming), checkpoint.pt (full state), "
             "loss_log.csv and loss.png. Ctrl-C stops after the current iteration and saves a checkpoint; --resume continues."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--noisy", nargs="+", type=Path, help="noisy TIFFs or folders (domain A)")
     p.add_argument("--clean", nargs="+", type=Path, help="clean target TIFFs or folders (domain B)")
@@ -127,7 +127,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"resuming '{args.out}' with its saved settings ({cfg.mode}, {cfg.iterations} iterations); "
                   "other training options given now are not used", file=sys.stderr)
         bar = tqdm(total=cfg.iterations, desc=f"train {cfg.mode}", unit="it", disable=None)
-        with stop_on_interrupt("training stops after this iteration and saves a checkpoint") as stop:
+        last_stage, trained = "", False
+        with stop_on_interrupt("stopping at the next safe point (training: after the iteration in progress, with a "
+                               "checkpoint)") as stop:
             try:
                 while True:
                     try:
@@ -135,12 +137,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     except StopIteration as finished:
                         result = finished.value
                         break
+                    last_stage = event.stage
                     if not isinstance(event, TrainEvent):  # preparing (noise models), or the report after training
                         bar.set_description_str(f"train {cfg.mode}: {event.message}")
                         if stop.is_set():
                             gen.close()
                             break
                         continue
+                    trained = True
                     if bar.n == 0:
                         bar.set_description_str(f"train {cfg.mode}")
                         bar.n = event.iteration - 1
@@ -155,7 +159,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 return 130
         bar.close()
         if stop.is_set():
-            if (args.out / STATE).is_file():
+            if last_stage == "report":
+                print(f"stopped during the fidelity report; the trained model is saved in {args.out} (run again with "
+                      "--resume to make the report)", file=sys.stderr)
+            elif (args.out / STATE).is_file():
                 print(f"stopped; checkpoint saved in {args.out} (continue with --resume)", file=sys.stderr)
             else:
                 print("stopped before the first iteration; nothing was saved", file=sys.stderr)
@@ -163,6 +170,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         raise UsageError(str(exc)) from None
     path, report = result
+    if args.resume and not trained:
+        print(f"the run in '{args.out}' was already complete ({cfg.iterations} of {cfg.iterations} iterations): nothing was "
+              "trained; to train longer, start a new run in another folder", file=sys.stderr)
     if report is not None:
         print(f"fidelity report (also in {args.out / 'fidelity_report.md'}):\n{report.text()}")
     print(f"done: {path} (denoise with: emdenoise denoise IN -o OUT --model {path})")
