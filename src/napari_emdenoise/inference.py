@@ -54,7 +54,6 @@ class Plan:
     """What a run will do, for the user to see before pressing the button."""
 
     period: float | None  # estimated or given image period (px)
-    model_period: float | None
     scale: float  # resampling factor applied to the image (1: none)
     note: str
     notify: bool = False  # the user should be told (resampled, or could not be)
@@ -114,28 +113,28 @@ def check_period(period, shape: tuple[int, ...] | None = None) -> float | None:
 def plan_rescale(image: np.ndarray, info: ModelInfo, period: float | None = None, rescale: bool = True) -> Plan:
     """Decide the resampling factor that brings the image to the model's training period or into its trained range."""
     if not rescale:
-        return Plan(period, info.period, 1.0, "scale normalisation off")
+        return Plan(period, 1.0, "scale normalisation off")
     if period is None:
         est = estimate_period(image)
         if not est.found:
-            return Plan(None, info.period, 1.0, "no clear lattice found in the image: not rescaled", notify=True)
+            return Plan(None, 1.0, "no clear lattice found in the image: not rescaled", notify=True)
         period = est.period
     if info.period is None:
-        return Plan(period, None, 1.0, f"image period {period:.2f} px; the model does not record its training period: not rescaled",
+        return Plan(period, 1.0, f"image period {period:.2f} px; the model does not record its training period: not rescaled",
                     notify=True)
     if info.period_range is not None:
         lo, hi = info.period_range
         if lo / RANGE_MARGIN <= period <= hi * RANGE_MARGIN:
             where = "lies in" if lo <= period <= hi else "is close enough to"
-            return Plan(period, info.period, 1.0, f"image period {period:.2f} px {where} the model's trained range {lo:.1f}-{hi:.1f} px")
+            return Plan(period, 1.0, f"image period {period:.2f} px {where} the model's trained range {lo:.1f}-{hi:.1f} px")
         edge = lo if period < lo else hi
-        return Plan(period, info.period, edge / period,
+        return Plan(period, edge / period,
                     f"image period {period:.2f} px lies outside the model's trained range {lo:.1f}-{hi:.1f} px: "
                     f"resampled x{edge / period:.3f} to {edge:.1f} px", notify=True)
     scale = info.period / period
     if abs(scale - 1.0) < RESCALE_TOLERANCE:
-        return Plan(period, info.period, 1.0, f"image period {period:.2f} px matches the model's {info.period:.2f} px")
-    return Plan(period, info.period, scale, f"image period {period:.2f} px resampled x{scale:.3f} to the model's {info.period:.2f} px",
+        return Plan(period, 1.0, f"image period {period:.2f} px matches the model's {info.period:.2f} px")
+    return Plan(period, scale, f"image period {period:.2f} px resampled x{scale:.3f} to the model's {info.period:.2f} px",
                 notify=True)
 
 
