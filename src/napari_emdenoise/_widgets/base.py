@@ -36,7 +36,7 @@ class JobWidget(Container):
         self._viewer = napari_viewer
         self._worker: ClosingWorker | None = None
         self._dock_bar: progress | None = None
-        self._returned = False
+        self._returned, self._final_status = False, None
         self._run = PushButton(text=run_text)
         self._cancel = PushButton(text=cancel_text, enabled=False)
         self._progress = ProgressBar(value=0, min=0, max=1, label="progress", visible=False)
@@ -60,7 +60,7 @@ class JobWidget(Container):
     def launch(self, job, *args, **kwargs) -> ClosingWorker:
         """Run the core job ``job(*args, **kwargs)`` (a generator of Events) in a worker thread."""
         worker = ClosingWorker(job, *args, **kwargs)
-        self._returned = False
+        self._returned, self._final_status = False, None
         worker.yielded.connect(self._event)
         worker.returned.connect(self._result)
         worker.errored.connect(lambda exc: self.on_error(exc))
@@ -92,6 +92,7 @@ class JobWidget(Container):
     def _result(self, result) -> None:
         self._returned = True  # an event delivered after the result must not overwrite what the result shows
         self.on_result(result)
+        self._final_status = self._status.value
 
     def _event(self, event: Event) -> None:
         if self._returned:
@@ -110,6 +111,8 @@ class JobWidget(Container):
         self.on_event(event)
 
     def _finished(self) -> None:
+        if self._final_status is not None:  # what the result said stays, whatever arrived in between
+            self._status.value = self._final_status
         self._worker = None
         if self._dock_bar is not None:
             self._dock_bar.close()
