@@ -100,15 +100,16 @@ class JobWidget(Container):
         total = max(int(event.total), 1)
         self._progress.max = total
         self._progress.value = min(int(event.done), total)
+        if event.message:
+            self._status.value = event.message
+        self.on_event(event)
+        # last: napari's progress may process pending Qt events (the result, the finish) before it returns
         if self._dock_bar is None:
             self._dock_bar = progress(total=total, desc=self.what)
         bar = self._dock_bar
         if bar.total != total:
             bar.total = total
         bar.update(min(int(event.done), total) - bar.n)
-        if event.message:
-            self._status.value = event.message
-        self.on_event(event)
 
     def _finished(self) -> None:
         if self._final_status is not None:  # what the result said stays, whatever arrived in between
