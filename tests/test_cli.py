@@ -464,3 +464,14 @@ def test_train_by_default_fine_tunes_the_bundled_model_with_the_consistency_term
     assert main(["train", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"), "-o", str(tmp_path / "r2"),
                  "--ngf", "8"]) == 2
     assert "keeps its architecture" in capsys.readouterr().err
+
+
+def test_train_self_supervised_from_noisy_frames_alone(tmp_path, capsys):
+    sim = tmp_path / "sim"
+    assert main(["simulate", "-o", str(sim), "--n", "2", "--size", "96", "--period", "12", "--dose", "5"]) == 0
+    assert main(["train", "--noisy", str(sim / "noisy"), "-o", str(tmp_path / "r0"), "--mode", "paired"]) == 2
+    assert "--mode n2v" in capsys.readouterr().err
+    assert main(["train", "--noisy", str(sim / "noisy"), "-o", str(tmp_path / "run"), "--mode", "n2v", "--model", "small",
+                 "--consistency", "0", "--iters", "3", "--crop", "32", "--batch-size", "1", "--no-report"]) == 0
+    with open(tmp_path / "run" / "loss_log.csv") as fh:
+        assert fh.readline().strip() == "iteration,lr,N2V"

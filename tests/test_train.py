@@ -267,3 +267,41 @@ def test_a_full_disk_during_training_keeps_the_last_checkpoint(tmp_path, data, m
     monkeypatch.setattr(torch, "save", real_save)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == saved
     assert not list((tmp_path / "run").glob(".*.part"))
+
+
+def test_blind_spots_hide_each_spot_and_its_scan_line_neighbours():
+    from napari_emdenoise.train_model import blind_spots
+
+    torch.manual_seed(0)
+    h, w = 64, 80
+    x = torch.arange(2 * h * w, dtype=torch.float32).reshape(2, 1, h, w)  # every value says where it came from
+    x_in, spots = blind_spots(x, 0.02, span=2)
+    assert spots[0].numel() > 50
+    vals = x_in[spots]
+    borrowed = vals == vals.round()  # the rest lie in another spot's span: random values, equally blind
+    assert borrowed.float().mean() > 0.8
+    src = vals[borrowed].long() % (h * w)
+    rows, cols = spots[2][borrowed], spots[3][borrowed]
+    assert (src // w != rows).all()  # borrowed from another row: row-correlated noise does not leak
+    assert ((src // w - rows).abs() <= 2).all() and ((src % w - cols).abs() <= 2).all()
+    for s in (1, 2):  # the fast-axis neighbours no longer hold their own values
+        c = spots[3] + s
+        ok = c < w
+        assert (x_in[spots[0][ok], 0, spots[2][ok], c[ok]] != x[spots[0][ok], 0, spots[2][ok], c[ok]]).float().mean() > 0.95
+    untouched = torch.ones_like(x, dtype=torch.bool)
+    for s in range(-2, 3):
+        c = (spots[3] + s).clamp(0, w - 1)
+        untouched[spots[0], 0, spots[2], c] = False
+    assert torch.equal(x_in[untouched], x[untouched])
+
+
+def test_self_supervised_training_needs_no_clean_images(tmp_path, data):
+    noisy, _, _ = data
+    cfg = TrainConfig(mode="n2v", iterations=8, checkpoint_every=100, **TINY)
+    events = []
+    path = run(train(noisy, [], tmp_path / "run", cfg), events.append)
+    assert set(events[-1].losses) == {"N2V"} and np.isfinite(events[-1].losses["N2V"])
+    out = denoise(noisy[0], path, tile=None)
+    assert out.shape == noisy[0].shape and np.isfinite(out).all()
+    with pytest.raises(TrainingError, match="mode 'n2v'"):
+        run(train(noisy, [], tmp_path / "other", TrainConfig(mode="paired", **TINY)))

@@ -15,7 +15,9 @@ crystal lattice projected along a zone axis looks alike under them, and noise ha
 direction; scan distortions do have one, so they are not augmented).
 
 Paired mode trains one generator supervised (L1, plus an optional LSGAN term) on
-noisy/clean pairs, e.g. from ``emdenoise simulate``.
+noisy/clean pairs, e.g. from ``emdenoise simulate``. Self-supervised mode (``n2v``) needs no
+clean images: a structured blind-spot scheme (Noise2Void, with the fast-scan neighbours of each
+blind spot masked too, as in structured N2V) learns from the noisy frames alone.
 
 The loop yields a :class:`TrainEvent` per iteration. It writes a full checkpoint
 (networks, optimisers, schedulers, image pools, iteration, random states) every
@@ -91,8 +93,8 @@ def train(
     clean_names = list(clean_names or [f"clean {i}" for i in range(len(clean))])
     if not noisy:
         raise TrainingError("no noisy images to train on")
-    if not clean:
-        raise TrainingError("no clean target images to train on")
+    if not clean and cfg.mode != "n2v":
+        raise TrainingError("no clean target images to train on (with noisy frames alone, train self-supervised: mode 'n2v')")
     if cfg.mode == "paired" and len(noisy) != len(clean):
         raise TrainingError(f"paired mode needs as many clean as noisy images (got {len(clean)} and {len(noisy)})")
     # every image's period to resample it; without resampling, a sample of them for the range the model is trained on
@@ -116,7 +118,7 @@ def train(
         dom_a, dom_b = _prepare(noisy, noisy_names, period, cfg, partners=clean, periods=own)
     else:
         dom_a, _ = _prepare(noisy, noisy_names, period, cfg, periods=own)
-        dom_b, _ = _prepare(clean, clean_names, period, cfg)
+        dom_b = _prepare(clean, clean_names, period, cfg)[0] if cfg.mode == "cyclegan" else None
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -168,6 +170,8 @@ def train(
             if cfg.mode == "cyclegan":
                 batch = (_crops(rng, dom_a, cfg.batch_size, cfg.crop, sources=sources).to(device),
                          _crops(rng, dom_b, cfg.batch_size, cfg.crop).to(device))
+            elif cfg.mode == "n2v":
+                batch = (_crops(rng, dom_a, cfg.batch_size, cfg.crop, sources=sources).to(device),)
             else:
                 x, y = _crops(rng, dom_a, cfg.batch_size, cfg.crop, partner=dom_b, sources=sources)
                 batch = (x.to(device), y.to(device))

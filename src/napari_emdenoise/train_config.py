@@ -33,7 +33,7 @@ class TrainingError(ValueError):
 
 @dataclass
 class TrainConfig:
-    mode: str = "cyclegan"  # "cyclegan" or "paired"
+    mode: str = "cyclegan"  # "cyclegan", "paired" or "n2v" (self-supervised: noisy frames only)
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig("resnet_6blocks", ngf=16))
     ndf: int = 32
     n_layers_d: int = 3
@@ -62,6 +62,10 @@ class TrainConfig:
     # at the atom-column scale; 0 turns it off (the reference method)
     lambda_consistency: float = 0.0
     consistency_margin: float = 3.0  # |z| up to this many sigma costs nothing
+    # mode "n2v": share of pixels that are blind spots per crop, and the px on each side along the fast (x) axis that are
+    # masked with them (row-correlated scan noise would otherwise tell the network the blind spot's value)
+    n2v_fraction: float = 0.02
+    n2v_span: int = 2
     checkpoint_every: int = 500
     preview_every: int = 50
     seed: int = 0
@@ -69,8 +73,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """The one place training settings are validated: a :class:`TrainingError` says what is wrong, before any work."""
-        if self.mode not in ("cyclegan", "paired"):
-            raise TrainingError(f"mode must be 'cyclegan' or 'paired', not {self.mode!r}")
+        if self.mode not in ("cyclegan", "paired", "n2v"):
+            raise TrainingError(f"mode must be 'cyclegan', 'paired' or 'n2v', not {self.mode!r}")
+        if not (0 < self.n2v_fraction <= 0.2 and 0 <= self.n2v_span <= 16):
+            raise TrainingError(f"the blind-spot share must be in (0, 0.2] and the fast-axis span 0-16 px, not "
+                                f"{self.n2v_fraction} and {self.n2v_span}")
         if not isinstance(self.generator, GeneratorConfig):
             raise TrainingError(f"generator must be a GeneratorConfig, not {type(self.generator).__name__}")
         if self.precision not in ("fp32", "bf16"):

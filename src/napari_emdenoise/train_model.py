@@ -15,6 +15,36 @@ from .train_config import TrainConfig, TrainingError
 from .train_consistency import FrameNoise, consistency_loss
 
 
+def blind_spots(x: torch.Tensor, fraction: float, span: int) -> tuple[torch.Tensor, tuple]:
+    """The input of a structured Noise2Void step and the blind spots' indices.
+
+    A random ``fraction`` of pixels become blind spots: each takes the value of a random pixel
+    within 2 px in another row (the same row shares scan noise along the fast axis), and its
+    ``span`` neighbours on each side along x take random values within the crop's range, so
+    neither the pixel nor noise correlated with it along the scan line reaches the network.
+    """
+    with torch.no_grad():
+        n, _, h, w = x.shape
+        spots = (torch.rand(n, 1, h, w, device=x.device) < fraction).nonzero(as_tuple=True)
+        k = spots[0].numel()
+        x_in = x.clone()
+        if k == 0:
+            return x_in, spots
+        dy = torch.randint(1, 3, (k,), device=x.device) * (torch.randint(0, 2, (k,), device=x.device) * 2 - 1)
+        dx = torch.randint(-2, 3, (k,), device=x.device)
+        rows = (spots[2] + dy).clamp(0, h - 1)
+        rows = torch.where(rows == spots[2], spots[2] - dy, rows)  # clamped back onto the spot's row at an edge
+        cols = (spots[3] + dx).clamp(0, w - 1)
+        x_in[spots] = x[spots[0], spots[1], rows, cols]
+        lo, hi = x.amin(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3))
+        for offset in [o for s in range(1, span + 1) for o in (-s, s)]:
+            c = spots[3] + offset
+            ok = (c >= 0) & (c < w)
+            b = spots[0][ok]
+            x_in[b, spots[1][ok], spots[2][ok], c[ok]] = lo[b] + torch.rand(int(ok.sum()), device=x.device) * (hi - lo)[b]
+    return x_in, spots
+
+
 def _load_bundled(net: nn.Module, cfg) -> None:
     """Start ``net`` from the bundled default model's weights; its architecture must be the bundled one."""
     from .checkpoints import load_generator
@@ -98,7 +128,23 @@ class _Model:
 
     def step(self, batch, rng: np.random.Generator, noises: list[FrameNoise] | None = None) -> dict:
         """One iteration; ``noises`` (each noisy crop's frame noise model) switch the consistency term on."""
-        return self._cycle(*batch, rng, noises) if self.cfg.mode == "cyclegan" else self._paired(*batch, rng, noises)
+        step = {"cyclegan": self._cycle, "paired": self._paired, "n2v": self._n2v}[self.cfg.mode]
+        return step(*batch, rng, noises)
+
+    def _n2v(self, x: torch.Tensor, rng, noises=None) -> dict:
+        """Self-supervised: predict each blind spot from what surrounds it (MSE to its noisy value)."""
+        x_in, spots = blind_spots(x, self.cfg.n2v_fraction, self.cfg.n2v_span)
+        self.opt["G"].zero_grad(set_to_none=True)
+        with self._autocast():
+            out = self.nets["G_A"](x_in)
+            mse = nn.functional.mse_loss(out[spots].float(), x[spots].float()) if spots[0].numel() else out.sum() * 0
+        cons = self._consistency(x, out, noises)
+        (mse + cons).backward()
+        self.opt["G"].step()
+        losses = {"N2V": float(mse.detach())}
+        if noises:
+            losses["consistency"] = float(cons.detach())
+        return losses
 
     def _consistency(self, x: torch.Tensor, out: torch.Tensor, noises) -> torch.Tensor:
         if not noises or self.cfg.lambda_consistency <= 0:

@@ -39,6 +39,7 @@ from .base import JobWidget
 
 CYCLEGAN = "CycleGAN: noisy -> target folder"
 PAIRED_SIM = "paired: simulated pairs"
+SELF = "self-supervised: noisy frames only"
 
 
 def _shutdown(holder: dict, detach: bool = False, wait: bool = False) -> None:
@@ -96,7 +97,9 @@ class TrainWidget(JobWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(napari_viewer, "Start", cancel_text="Stop (saves a checkpoint)")
-        self._mode = ComboBox(choices=[CYCLEGAN, PAIRED_SIM], value=CYCLEGAN, label="method")
+        self._mode = ComboBox(choices=[CYCLEGAN, PAIRED_SIM, SELF], value=CYCLEGAN, label="method",
+                              tooltip="CycleGAN: your noisy frames to a target set; paired: simulated pairs; self-supervised: "
+                                      "your noisy frames alone (structured Noise2Void, no targets needed)")
         self._noisy_layers = Select(choices=self._image_choices, label="noisy layers")
         self._noisy_dir = FileEdit(mode="d", value="", label="or noisy folder")
         self._clean_dir = FileEdit(mode="d", value="", label="target folder (trainB)")
@@ -124,6 +127,8 @@ class TrainWidget(JobWidget):
         self.native.layout().addWidget(self.plot)
         self._preset.changed.connect(lambda name: setattr(self._crop, "value", PRESETS[name]["crop"]))
         self._pause.clicked.connect(lambda *_: self.toggle_pause())
+        self._mode.changed.connect(self._on_mode)
+        self._on_mode()
         # Closing the widget or napari: stop after the current iteration so the checkpoint is complete.
         # The slot captures no reference to this (then deleted) widget, only the flag and the worker holder.
         holder = self._running = {"worker": None}
@@ -131,6 +136,13 @@ class TrainWidget(JobWidget):
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(lambda: _shutdown(holder, detach=True, wait=True))
+
+    def _on_mode(self, *_) -> None:
+        """Only the fields the chosen method uses are shown."""
+        mode = self._mode.value
+        self._noisy_layers.visible = self._noisy_dir.visible = mode in (CYCLEGAN, SELF)
+        self._clean_dir.visible = mode == CYCLEGAN
+        self._sim_period.visible = mode == PAIRED_SIM
 
     def _image_choices(self, *_):
         return [layer.name for layer in self._viewer.layers if isinstance(layer, napari.layers.Image)
@@ -153,6 +165,10 @@ class TrainWidget(JobWidget):
         if folder is not None:
             more, more_names = self._read_folder(folder)
             noisy, names = noisy + more, names + more_names
+        if self._mode.value == SELF:
+            if not noisy:
+                raise TrainingError("choose noisy layers or a noisy folder to train on")
+            return noisy, [], names, [], "n2v", None
         clean_dir = chosen_path(self._clean_dir.value)
         if clean_dir is None:
             raise TrainingError("choose the target folder (trainB of a target set) for CycleGAN training")

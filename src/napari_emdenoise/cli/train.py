@@ -29,7 +29,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noisy", nargs="+", type=Path, help="noisy TIFFs or folders (domain A)")
     p.add_argument("--clean", nargs="+", type=Path, help="clean target TIFFs or folders (domain B)")
     p.add_argument("-o", "--out", required=True, type=Path, help="run folder")
-    p.add_argument("--mode", choices=["cyclegan", "paired"], default="cyclegan", help="training method")
+    p.add_argument("--mode", choices=["cyclegan", "paired", "n2v"], default="cyclegan",
+                   help="training method; n2v: self-supervised from the noisy frames alone (structured Noise2Void, no --clean)")
     p.add_argument("--model", choices=["default", "small", "reference"], default="default",
                    help="default: the bundled model's architecture (resnet_6blocks ngf 32, residual, linear output, clip 8, every "
                         "image at its own scale), fine-tuned from the bundled weights; small: resnet_6blocks ngf 16 for a CPU; "
@@ -96,10 +97,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..train_report import train_with_report
     from ..train_data import pair_by_name
 
-    if not args.noisy or not args.clean:
-        raise UsageError("--noisy and --clean are both needed (also with --resume)")
+    try:
+        self_supervised = args.mode == "n2v" or (args.resume and load_run_config(args.out).mode == "n2v")
+    except TrainingError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.noisy or not (args.clean or self_supervised):
+        raise UsageError("--noisy and --clean are both needed (also with --resume); with noisy frames alone use --mode n2v")
     noisy, noisy_names = _read_folder_images(args.noisy, "noisy")
-    clean, clean_names = _read_folder_images(args.clean, "clean")
+    clean, clean_names = _read_folder_images(args.clean, "clean") if args.clean else ([], [])
     try:
         if args.resume:
             cfg = load_run_config(args.out)
