@@ -10,7 +10,10 @@ trains on the same data:
 * ``reference``: the reference CycleGAN, a small generator from scratch, no consistency term;
 * ``reference+consistency``: the same with the data-consistency term (weight 10, the default);
 * ``fine-tune``: the default: the bundled model's architecture and weights, CycleGAN with the
-  consistency term.
+  consistency term;
+* ``self-supervised``: the same start, structured Noise2Void on the noisy frames alone (no
+  targets) with the consistency term; ``self-supervised-scratch``: Noise2Void alone from a small
+  random model.
 
 Each trained model, and the bundled model untrained, is then measured on held-out frames of the
 same kind (PSNR, column F1, dent error against the truth, share of pixels the consistency map
@@ -76,6 +79,10 @@ def train_mode(name: str, noisy, clean, out: Path, iters: int, device: str, quic
         cfg = TrainConfig.from_preset("small", lambda_consistency=weight, **common)
     elif name == "fine-tune":
         cfg = TrainConfig.from_preset("default", init="bundled", lambda_consistency=weight, **common)
+    elif name == "self-supervised":
+        cfg = TrainConfig.from_preset("default", init="bundled", lambda_consistency=weight, **{**common, "mode": "n2v"})
+    elif name == "self-supervised-scratch":
+        cfg = TrainConfig.from_preset("small", lambda_consistency=0.0, **{**common, "mode": "n2v"})
     else:
         raise ValueError(name)
     if quick:
@@ -121,7 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="CPU-sized: 12 frames of 192 px, 300 iterations, quick fidelity scenes")
     p.add_argument("--iters", type=int, default=None, help="iterations per mode (default 3000; --quick 300)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--modes", nargs="+", default=["reference", "reference+consistency", "fine-tune"])
+    p.add_argument("--modes", nargs="+", default=["reference", "reference+consistency", "fine-tune", "self-supervised",
+                                                  "self-supervised-scratch"])
     p.add_argument("--consistency", type=float, default=10.0, help="weight of the consistency term in the modes that use it")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's: 5e-5 fine-tuning, else 2e-4)")
     args = p.parse_args(argv)

@@ -155,3 +155,24 @@ def test_bundled_default_is_offered_first(make_napari_viewer):
     w = DenoiseWidget(make_napari_viewer())
     assert w._source.value == BUNDLED and w._model is not None
     assert "resnet_6blocks, residual, ngf 32" in w._model_label.value and "trained at 4.4-17.5 px/period" in w._model_label.value
+
+
+def test_a_missing_model_file_and_an_rgb_layer_get_one_clear_message(make_napari_viewer, tmp_path, monkeypatch):
+    import napari_emdenoise._widgets.denoise as module
+
+    errors = []
+    monkeypatch.setattr(module, "show_error", errors.append)
+    viewer = make_napari_viewer()
+    w = DenoiseWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    viewer.add_image(simulate(size=96, period=12, seed=1).noisy, name="scan")
+    w._image.value = viewer.layers["scan"]
+    w._source.value = FILE
+    w._file.value = tmp_path / "gone.safetensors"  # never existed
+    assert w.start() is None and len(errors) == 1 and "No model" in errors[0]
+    rgb = viewer.add_image(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8), name="photo", rgb=True)
+    w.reset_choices()
+    w._image.value = rgb
+    assert "colour (RGB)" in w._period_label.value
+    assert w.start() is None and "colour (RGB) layer" in errors[-1] and "photo" in errors[-1]
+    assert [layer.name for layer in viewer.layers] == ["scan", "photo"]

@@ -123,6 +123,9 @@ class DenoiseWidget(JobWidget):
         if layer is None:
             self._period_label.value = ""
             return
+        if getattr(layer, "rgb", False):
+            self._period_label.value = "a colour (RGB) layer: denoising needs a grey image"
+            return
         est = estimate_period(current_plane(self._viewer, layer))
         self._period_label.value = (
             f"estimated {est.period:.2f} px" if est.found else "no clear lattice found: will not rescale"
@@ -134,6 +137,10 @@ class DenoiseWidget(JobWidget):
         layer = self._image.value
         if layer is None:
             show_error("Add or open an image layer first.")
+            return None
+        if getattr(layer, "rgb", False):
+            show_error(f"'{layer.name}' is a colour (RGB) layer: denoising needs one grey channel. Convert it first, "
+                       "e.g. Layers > Split RGB, and pick one channel.")
             return None
         if self._model is None:
             self._on_model_changed()
