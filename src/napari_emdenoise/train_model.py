@@ -20,7 +20,7 @@ def blind_spots(x: torch.Tensor, fraction: float, span: int) -> tuple[torch.Tens
 
     A random ``fraction`` of pixels become blind spots: each takes the value of a random pixel
     within 2 px in another row (the same row shares scan noise along the fast axis), and its
-    ``span`` neighbours on each side along x take random values within the crop's range, so
+    ``span`` neighbours on each side along x take the values of random pixels of the crop, so
     neither the pixel nor noise correlated with it along the scan line reaches the network.
     """
     with torch.no_grad():
@@ -36,12 +36,14 @@ def blind_spots(x: torch.Tensor, fraction: float, span: int) -> tuple[torch.Tens
         rows = torch.where(rows == spots[2], spots[2] - dy, rows)  # clamped back onto the spot's row at an edge
         cols = (spots[3] + dx).clamp(0, w - 1)
         x_in[spots] = x[spots[0], spots[1], rows, cols]
-        lo, hi = x.amin(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3))
+        flat = x.reshape(n, -1)
         for offset in [o for s in range(1, span + 1) for o in (-s, s)]:
             c = spots[3] + offset
             ok = (c >= 0) & (c < w)
             b = spots[0][ok]
-            x_in[b, spots[1][ok], spots[2][ok], c[ok]] = lo[b] + torch.rand(int(ok.sum()), device=x.device) * (hi - lo)[b]
+            # a random pixel of the same crop: the data's own distribution, unrelated to the blind spot's scan line
+            pick = torch.randint(0, h * w, (int(ok.sum()),), device=x.device)
+            x_in[b, spots[1][ok], spots[2][ok], c[ok]] = flat[b, pick]
     return x_in, spots
 
 
@@ -138,7 +140,9 @@ class _Model:
         with self._autocast():
             out = self.nets["G_A"](x_in)
             mse = nn.functional.mse_loss(out[spots].float(), x[spots].float()) if spots[0].numel() else out.sum() * 0
-        cons = self._consistency(x, out, noises)
+        # the consistency of what a user gets, the output of the whole crop: on the blind-spot input it would ask the
+        # network to reproduce the masked pixels
+        cons = self._consistency(x, self.nets["G_A"](x), noises) if noises else self._consistency(x, out, None)
         (mse + cons).backward()
         self.opt["G"].step()
         losses = {"N2V": float(mse.detach())}
