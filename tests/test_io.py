@@ -192,3 +192,24 @@ def test_a_pipe_named_like_a_tiff_is_refused_at_once(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(ImageFileError, match="not a regular file"):
         read_tiff(fifo)
+
+
+@pytest.mark.parametrize("shape, axes, want", [
+    ((3, 2, 32, 32), "ZCYX", "ZCYX"), ((2, 3, 32, 32), "ZTYX", "ZTYX"), ((2, 2, 2, 2, 2, 32, 32), None, "QQQQQYX"),
+    ((4, 32, 32), None, "ZYX"), ((2, 1, 32, 32), "TZYX", "TYX"),
+])
+def test_nd_files_keep_shape_axes_and_pixel_size(tmp_path, shape, axes, want):
+    data = np.random.default_rng(0).random(shape).astype(np.float32)
+    path = write_tiff(tmp_path / "nd.tif", data, pixel_size=(0.05, 0.04), axes=axes)
+    img = read_tiff(path)
+    assert img.axes == want and img.data.shape == tuple(n for n in shape if n > 1 or len(want) == len(shape))
+    assert np.array_equal(img.data.reshape(shape), data) and img.pixel_size == pytest.approx((0.05, 0.04))
+
+
+def test_a_file_with_two_series_says_which_was_read(tmp_path):
+    path = tmp_path / "two.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(np.zeros((32, 32), np.uint16))
+        tw.write(np.ones((16, 16), np.uint16))
+    img = read_tiff(path)
+    assert img.data.shape == (32, 32) and any("2 image series" in n and "the first" in n for n in img.notes)

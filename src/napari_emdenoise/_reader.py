@@ -27,7 +27,7 @@ def read_layer(path):
     img = read_tiff(path)
     for note in img.notes:
         show_info(note)
-    kwargs = {"name": img.name, "scale": img.scale(), "metadata": img.metadata}
+    kwargs = {"name": img.name, "scale": img.scale(), "metadata": img.metadata, "axis_labels": tuple(img.axes.lower())}
     if img.unit:
         kwargs["units"] = (img.unit,) * img.data.ndim
     return [(img.data, kwargs, "image")]

@@ -69,6 +69,11 @@ class TiffImage:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def axes(self) -> str:
+        """One letter per axis of ``data`` (tifffile's: T time, Z depth, C channel, Q/I other, Y and X the image)."""
+        return self.metadata.get("axes") or ("Q" * (self.data.ndim - 2) + "YX")
+
+    @property
     def name(self) -> str:
         return self.path.stem
 
@@ -217,6 +222,9 @@ def read_tiff(path: str | os.PathLike) -> TiffImage:
                 raise ImageFileError(f"Cannot open '{path.name}': the TIFF holds no readable image; it is truncated or corrupt. Copy or export the file again.")
             series = tif.series[0]
             page = tif.pages[0]
+            if len(tif.series) > 1:
+                notes.append(f"'{path.name}' holds {len(tif.series)} image series; the first ({'x'.join(map(str, series.shape))}, "
+                             f"axes {series.axes}) was read. Export the one you want as its own TIFF to use another.")
             shape = tuple(series.shape)
             if 0 in shape or len(shape) == 0:
                 raise ImageFileError(f"Cannot open '{path.name}': the image is empty (shape {shape}).")
@@ -258,7 +266,12 @@ def read_tiff(path: str | os.PathLike) -> TiffImage:
         data = _luminance(data)
         meta["converted_from_rgb"] = True
         notes.append(f"'{path.name}' is an RGB image; it was converted to one grey channel (luminance).")
-    data = np.squeeze(data) if data.ndim > 2 else data
+    axes = meta["axes"] if len(meta["axes"]) == data.ndim else ""
+    if data.ndim > 2:  # length-1 axes go, with their letters; the image axes stay
+        keep = [i for i, n in enumerate(data.shape) if n > 1 or i >= data.ndim - 2]
+        data = data.reshape([data.shape[i] for i in keep])
+        axes = "".join(axes[i] for i in keep) if axes else ""
+    meta["axes"] = axes if len(axes) == data.ndim and axes.endswith("YX") else "Q" * (data.ndim - 2) + "YX"
     if data.ndim < 2:
         raise ImageFileError(f"Cannot open '{path.name}': expected a 2D image or a stack, got shape {data.shape}.")
     meta["original_dtype"] = original_dtype
@@ -273,6 +286,23 @@ def read_tiff(path: str | os.PathLike) -> TiffImage:
         metadata=meta,
         notes=notes,
     )
+
+
+def _imagej_axes(axes: str | None, ndim: int) -> str | None:
+    """The ImageJ hyperstack axes for an array, or None when ImageJ cannot hold it (more than TZCYX, or axes it
+    does not know). Without given axes, a stack is Z and a 4-D or 5-D array is taken in ImageJ's own order."""
+    if ndim > 5:
+        return None
+    if not axes:
+        return {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TZCYX"}[ndim]
+    axes = axes.upper()
+    if len(axes) != ndim or not axes.endswith("YX"):
+        return None
+    lead = axes[:-2].replace("Q", "Z").replace("I", "Z").replace("S", "C")
+    if len(set(lead)) != len(lead) or any(a not in "TZC" for a in lead):
+        return None
+    order = "".join(a for a in "TZC" if a in lead)
+    return lead + "YX" if lead == order else None
 
 
 def _to_uint16(data: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
@@ -294,12 +324,16 @@ def write_tiff(
     dtype: str = "float32",
     overwrite: bool = False,
     description: dict[str, Any] | None = None,
+    axes: str | None = None,
 ) -> Path:
     """Write ``data`` as an ImageJ-compatible TIFF with its pixel size (nm) and return the path.
 
     ``dtype`` is "float32" (values kept) or "uint16" (integers kept; other values mapped
-    linearly onto 0..65535, the mapping stored in the description). The file appears only
-    when completely written; an existing file is kept unless ``overwrite`` is true.
+    linearly onto 0..65535, the mapping stored in the description). ``axes`` names the axes
+    (as :attr:`TiffImage.axes`; default ZYX for a stack, TZYX and TZCYX above): up to 5-D in
+    ImageJ's order the file is an ImageJ hyperstack, otherwise a plain TIFF with the axes and a
+    pixel size in cm. The file appears only when completely written; an existing file is kept
+    unless ``overwrite`` is true.
     """
     path = Path(path)
     if dtype not in ("float32", "uint16"):
@@ -315,14 +349,18 @@ def write_tiff(
         info["uint16_mapping"] = mapping
     else:
         arr = arr.astype(np.float32, copy=False)
-    imagej = arr.ndim <= 3  # ImageJ hyperstacks: pixel size unit and Info that Fiji reads
-    meta: dict[str, Any] = {"axes": "ZYX"[-arr.ndim:]} if imagej else {}
-    kwargs: dict[str, Any] = {"imagej": True, "metadata": meta} if imagej else {"metadata": None}
+    ij_axes = _imagej_axes(axes, arr.ndim)
+    imagej = ij_axes is not None  # ImageJ hyperstacks (up to TZCYX): axes, pixel size unit and Info that Fiji reads
+    meta: dict[str, Any] = {"axes": ij_axes} if imagej else {}
+    kwargs: dict[str, Any] = {"imagej": True, "metadata": meta} if imagej else {"metadata": {"axes": axes or "Q" * (arr.ndim - 2) + "YX"}}
     if pixel_size is not None:
         py, px = (pixel_size, pixel_size) if np.isscalar(pixel_size) else pixel_size
         kwargs["resolution"] = (1.0 / float(px), 1.0 / float(py))
         if imagej:
             meta["unit"] = "nm"
+        else:  # no ImageJ unit: resolution in pixels per cm, which every reader understands (not inches)
+            kwargs["resolution"] = (1e7 / float(px), 1e7 / float(py))
+            kwargs["resolutionunit"] = "CENTIMETER"
     if info:
         if imagej:
             meta["Info"] = json.dumps(info, sort_keys=True)

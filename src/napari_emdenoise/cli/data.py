@@ -55,6 +55,9 @@ def _cmd_mask(args: argparse.Namespace) -> int:
         try:
             img = read_tiff(path)
             data = img.data if img.data.ndim == 2 else img.data.reshape(-1, *img.data.shape[-2:])[0]
+            if img.data.ndim > 2:
+                print(f"{path.name}: note: a stack of {img.data.shape[:-2]} planes ({img.axes}); the mask is made from the "
+                      "first plane", file=sys.stderr)
             used = resolve_params(data, params)
             mask = dent_mask(data, used)
             write_tiff(target, mask, pixel_size=img.pixel_size, overwrite=args.overwrite,

@@ -101,13 +101,13 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                     cons = check(img.data, result)
                 except ConsistencyError as exc:  # the denoised output is still written
                     cons_error = exc
-            write_tiff(target, result, pixel_size=img.pixel_size, dtype=args.dtype, overwrite=args.overwrite,
+            write_tiff(target, result, pixel_size=img.pixel_size, dtype=args.dtype, overwrite=args.overwrite, axes=img.axes,
                        description={"source": str(path), "model": str(args.model or "bundled default")})
             print(f"{path.name} -> {target}")
             if cons_error is not None:
                 raise ConsistencyError(f"consistency check could not run: {cons_error}")
             if cons is not None:
-                write_tiff(cons_target, cons.z, pixel_size=img.pixel_size, overwrite=args.overwrite,
+                write_tiff(cons_target, cons.z, pixel_size=img.pixel_size, overwrite=args.overwrite, axes=img.axes,
                            description={"source": str(path), "denoised": str(target), "consistency": cons.summary()})
                 print(f"{path.name}: consistency: {cons.text()}")
         except (ImageFileError, FileExistsError, ValueError, TypeError, MemoryError) as exc:
@@ -162,7 +162,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except ConsistencyError as exc:
         raise UsageError(f"cannot check '{args.output.name}' against '{args.data.name}': {exc}") from None
     if args.out is not None:
-        write_tiff(args.out, cons.z, pixel_size=data.pixel_size, overwrite=args.overwrite,
+        write_tiff(args.out, cons.z, pixel_size=data.pixel_size, overwrite=args.overwrite, axes=data.axes,
                    description={"data": str(args.data), "output": str(args.output), "consistency": cons.summary()})
     if args.json:
         print(json.dumps({"data": str(args.data), "output": str(args.output),
