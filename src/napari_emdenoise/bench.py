@@ -105,10 +105,9 @@ def iter_bench(quick: bool = False, extra: dict[str, str] | None = None) -> Job[
     models = {"model": resolve_model(None)}
     for name, path in (extra or {}).items():
         models[name] = resolve_model(path)
-    images = list(suite(quick))
-    total, done = len(images) * (len(methods) + len(models)), 0
+    total, done = len(QUICK if quick else SUITE) * (len(methods) + len(models)), 0
     rows, figure = [], None
-    for name, sim, has_dent, period in images:
+    for name, sim, has_dent, period in suite(quick):  # one image at a time: the suite is simulated as it is scored
         outputs = {}
         for method, fn in list(methods.items()) + [(m, None) for m in models]:
             t0 = time.perf_counter()

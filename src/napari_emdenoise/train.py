@@ -55,14 +55,18 @@ __all__ = ["CONFIG", "LOG", "LOSS_COLORS", "PRESETS", "STATE", "ImagePool", "Tra
            "load_run_config", "loss_curves", "train"]
 
 
-def _bundled_range() -> tuple[float, float] | None:
-    from .checkpoints import load_generator
-    from .inference import DEFAULT_MODEL
+def _bundled():
+    """The bundled Denoiser, loaded once per run for fine-tuning and the consistency term's noise models."""
+    from .inference import resolve_model
 
-    return load_generator(DEFAULT_MODEL).info.period_range if DEFAULT_MODEL.exists() else None
+    try:
+        return resolve_model(None)
+    except FileNotFoundError:
+        raise TrainingError("this installation has no bundled model to start from or to fit noise models with; train "
+                            "with init 'scratch' and the consistency term off") from None
 
 
-def _frame_noise(x: np.ndarray, device: str) -> FrameNoise:
+def _frame_noise(x: np.ndarray, bundled, device: str) -> FrameNoise:
     """The noise model of one prepared noisy frame against the bundled model's output on it."""
     import warnings
 
@@ -70,7 +74,7 @@ def _frame_noise(x: np.ndarray, device: str) -> FrameNoise:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DenoiseWarning)
-        return frame_noise(x, denoise(x, device=device))
+        return frame_noise(x, denoise(x, bundled, device=device))
 
 
 def train(
@@ -97,6 +101,7 @@ def train(
         raise TrainingError("no clean target images to train on (with noisy frames alone, train self-supervised: mode 'n2v')")
     if cfg.mode == "paired" and len(noisy) != len(clean):
         raise TrainingError(f"paired mode needs as many clean as noisy images (got {len(clean)} and {len(noisy)})")
+    bundled = _bundled() if cfg.init == "bundled" or cfg.lambda_consistency > 0 else None
     # every image's period to resample it; without resampling, a sample of them for the range the model is trained on
     sample = noisy if cfg.rescale else noisy[:: max(1, len(noisy) // 64)]
     needed = cfg.rescale or cfg.period is None or cfg.period_range is None
@@ -107,10 +112,9 @@ def train(
         cfg = replace(cfg, period=float(np.median(found)) if found else None)
     if not cfg.rescale and cfg.period_range is None and found:
         low, high = float(np.percentile(found, 5)), float(np.percentile(found, 95))
-        if cfg.init == "bundled":  # a fine-tuned model keeps what the bundled one was trained on, and adds these frames
-            bundled = _bundled_range()
-            if bundled is not None:
-                low, high = min(low, bundled[0]), max(high, bundled[1])
+        trained = bundled.info.period_range if cfg.init == "bundled" else None
+        if trained is not None:  # a fine-tuned model keeps what the bundled one was trained on, and adds these frames
+            low, high = min(low, trained[0]), max(high, trained[1])
         cfg = replace(cfg, period_range=(low, high))
     period = cfg.period
     own = noisy_periods if cfg.rescale else None
@@ -123,7 +127,7 @@ def train(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = _Model(cfg, device)  # before anything is written: a model that cannot be built leaves no folder behind
+    model = _Model(cfg, device, bundled)  # before anything is written: a model that cannot be built leaves no folder behind
     created = not run_dir.exists()
     _check_writable(run_dir)
     for stale in run_dir.glob(".*.part"):  # half-written files of a run that died mid-write
@@ -133,7 +137,7 @@ def train(
         if cfg.lambda_consistency > 0:  # each noisy frame's noise model, from the bundled model's faithful output
             noises = []
             for i, x in enumerate(dom_a.images):
-                noises.append(_frame_noise(x, cfg.device))
+                noises.append(_frame_noise(x, bundled, cfg.device))
                 yield Event(i + 1, len(dom_a.images), "prepare", f"noise model of frame {i + 1} of {len(dom_a.images)}")
     except BaseException:  # stopped or failed before the run began: no empty folder stays behind
         if created and not any(run_dir.iterdir()):

@@ -47,14 +47,8 @@ def blind_spots(x: torch.Tensor, fraction: float, span: int) -> tuple[torch.Tens
     return x_in, spots
 
 
-def _load_bundled(net: nn.Module, cfg) -> None:
-    """Start ``net`` from the bundled default model's weights; its architecture must be the bundled one."""
-    from .checkpoints import load_generator
-    from .inference import DEFAULT_MODEL
-
-    if not DEFAULT_MODEL.exists():
-        raise TrainingError("this installation has no bundled model to start from; train with init 'scratch'")
-    bundled = load_generator(DEFAULT_MODEL)
+def _load_bundled(net: nn.Module, cfg, bundled) -> None:
+    """Start ``net`` from the weights of ``bundled`` (the bundled Denoiser); its architecture must be the bundled one."""
     if bundled.info.config != cfg:
         c = bundled.info.config
         raise TrainingError(f"fine-tuning the bundled model keeps its architecture ({c.netG}, ngf {c.ngf}, final {c.final}, "
@@ -89,13 +83,14 @@ class ImagePool:
 
 
 class _Model:
-    def __init__(self, cfg: TrainConfig, device: torch.device):
+    def __init__(self, cfg: TrainConfig, device: torch.device, bundled=None):
+        """``bundled``: the bundled Denoiser, which G_A starts from when ``cfg.init`` is "bundled"."""
         self.cfg = cfg
         self.device = device
         g = cfg.generator
         self.nets: dict[str, nn.Module] = {"G_A": init_weights(build_generator(g), seed=cfg.seed)}
         if cfg.init == "bundled":
-            _load_bundled(self.nets["G_A"], g)
+            _load_bundled(self.nets["G_A"], g, bundled)
         if cfg.mode == "cyclegan":
             self.nets["G_B"] = init_weights(build_generator(g), seed=cfg.seed + 1)
         if cfg.mode == "cyclegan" or cfg.lambda_adv_paired > 0:

@@ -98,16 +98,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..train_data import pair_by_name
 
     try:
-        self_supervised = args.mode == "n2v" or (args.resume and load_run_config(args.out).mode == "n2v")
+        resumed = load_run_config(args.out) if args.resume else None
     except TrainingError as exc:
         raise UsageError(str(exc)) from None
-    if not args.noisy or not (args.clean or self_supervised):
+    if not args.noisy or not (args.clean or (resumed.mode if resumed else args.mode) == "n2v"):
         raise UsageError("--noisy and --clean are both needed (also with --resume); with noisy frames alone use --mode n2v")
     noisy, noisy_names = _read_folder_images(args.noisy, "noisy")
     clean, clean_names = _read_folder_images(args.clean, "clean") if args.clean else ([], [])
     try:
-        if args.resume:
-            cfg = load_run_config(args.out)
+        if resumed is not None:
+            cfg = resumed
         else:
             chosen = (("crop", args.crop), ("batch_size", args.batch_size), ("clip", args.clip), ("rescale", args.rescale),
                       ("lr", args.lr))
