@@ -132,6 +132,7 @@ def main(argv=None) -> int:
                                                   "self-supervised-scratch"])
     p.add_argument("--consistency", type=float, default=10.0, help="weight of the consistency term in the modes that use it")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the preset's: 5e-5 fine-tuning, else 2e-4)")
+    p.add_argument("--keep", type=Path, default=None, help="copy each trained model here as MODE.safetensors")
     args = p.parse_args(argv)
     iters = args.iters or (300 if args.quick else 3000)
     n, size = (12, 192) if args.quick else (40, 320)
@@ -143,17 +144,21 @@ def main(argv=None) -> int:
         clean = targets(noisy, [s.params.period for s in train_sims], tmp / "set", 2 if args.quick else 4, seed=1)
         print(f"{len(noisy)} noisy frames, {len(clean)} targets; {platform.processor() or platform.machine()}, "
               f"device {args.device}", file=sys.stderr)
-        models = {"bundled (untrained)": None}
-        for mode in args.modes:
-            models[mode] = train_mode(mode, noisy, clean, tmp / "runs", iters, args.device, args.quick,
-                                      args.consistency, args.lr)
-        rows = {name: measure(m, held_out, args.quick) for name, m in models.items()}
-    print("| mode | PSNR dB | column F1 (min) | dent error (max) | flagged share | vacancies filled (heavy / light) | "
-          "dopants found | false atoms in vacuum |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['psnr']:.2f} | {r['f1_min']:.3f} | {r['dent_max']:.3f} | {100 * r['flagged']:.2f} % | "
-              f"{100 * r['vac_heavy']:.0f} % / {100 * r['vac_light']:.0f} % | {r['dopants']} | {r['vacuum']} |")
+        print("| mode | PSNR dB | column F1 (min) | dent error (max) | flagged share | vacancies filled (heavy / light) | "
+              "dopants found | false atoms in vacuum |")
+        print("|---|---|---|---|---|---|---|---|")
+        for mode in ["bundled (untrained)", *args.modes]:  # each row as soon as its model is trained and measured
+            model = None
+            if mode != "bundled (untrained)":
+                model = train_mode(mode, noisy, clean, tmp / "runs", iters, args.device, args.quick, args.consistency, args.lr)
+                if args.keep:
+                    import shutil
+
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(model, args.keep / f"{mode}.safetensors")
+            r = measure(model, held_out, args.quick)
+            print(f"| {mode} | {r['psnr']:.2f} | {r['f1_min']:.3f} | {r['dent_max']:.3f} | {100 * r['flagged']:.2f} % | "
+                  f"{100 * r['vac_heavy']:.0f} % / {100 * r['vac_light']:.0f} % | {r['dopants']} | {r['vacuum']} |", flush=True)
     return 0
 
 

@@ -19,7 +19,7 @@ if [[ ! -f "$work/data/scenes.json" ]]; then
 fi
 emdenoise train --mode paired --noisy "$work/data/noisy" --clean "$work/data/clean" -o "$work/run" \
   --model small --ngf 32 --final linear --residual --clip 8 --no-rescale --iters "$iters" --crop 128 --batch-size 24 \
-  --lr 1e-3 --checkpoint-every 500 --seed 0 "$@"
+  --lr 1e-3 --consistency 0 --checkpoint-every 500 --seed 0 "$@"
 # ship the weights as float16 (half the size; outputs within about 1e-4 of the output range)
 "${PYTHON:-python3}" -c 'import sys; from napari_emdenoise.checkpoints import load_checkpoint, save_generator
 net, info = load_checkpoint(sys.argv[1]); save_generator(sys.argv[2], net, info, half=True)' \

@@ -12,7 +12,7 @@ LABEL_NAMES = {HEAVY: "heavy", LIGHT: "light", VACANCY_HEAVY: "vacancy (heavy si
                DOPANT: "dopant", ADATOM: "adatom", AMORPHOUS: "amorphous"}
 # region mask values
 VACUUM, CRYSTAL, AMORPHOUS_REGION = 0, 1, 2
-KINDS = ("vacancies", "dopants", "columns", "amorphous", "particle", "interface", "scan")
+KINDS = ("vacancies", "dopants", "columns", "amorphous", "particle", "interface", "scan", "lattice")
 LIGHT_BANDS = ((0.05, 0.15), (0.15, 0.25), (0.25, 0.35))  # light/heavy weight ratios of the "columns" scene
 
 

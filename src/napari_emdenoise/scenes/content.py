@@ -224,6 +224,17 @@ def _content_interface(p: SceneParams, rng) -> _Content:
     return _Content(*_columns(pos, site, site, label, sub=sub), region, ndimage.gaussian_filter(bg, 1.5))
 
 
+def _content_lattice(p: SceneParams, rng) -> _Content:
+    """A perfect crystal of one kind of column, square (the Sr sublattice of SrTiO3 [001]) or hexagonal (the Mo sublattice of
+    MoS2 [001]): the ideal lattice a physicist simulates, with thickness variation and the scene's dents but nothing missing."""
+    pos, w, _, sub = _crystal(p, rng, "SrTiO3" if rng.random() < 0.5 else "MoS2")
+    keep = w >= 0.999 * w.max()
+    pos, w, sub = pos[keep], w[keep], sub[keep]
+    site = w * _thickness(rng, p, pos, spread=0.02, field_std=0.03)
+    cols = _columns(pos, site, site, np.full(len(pos), HEAVY), sub=sub)
+    return _Content(*cols, np.full(p.size, CRYSTAL, np.uint8), np.full(p.size, 0.02 * w.max()))
+
+
 _CONTENT = {"vacancies": _content_vacancies, "dopants": _content_dopants, "columns": _content_columns,
             "amorphous": _content_amorphous, "particle": _content_particle, "interface": _content_interface,
-            "scan": _content_vacancies}
+            "scan": _content_vacancies, "lattice": _content_lattice}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One lent GPU's call, as one script (the machine has no network: the package runs from src/ with the
+# machine's own torch, numpy, scipy, scikit-image, tifffile, safetensors and tqdm; ase travels as a
+# wheel in .whl/).
+#   bash benchmarks/gpu_session.sh OUT_DIR [DEADLINE_SECONDS]
+# Side by side on the one GPU, each stopped like Ctrl-C if it would pass DEADLINE_SECONDS (default 540):
+# 1. the default model's recipe (src/napari_emdenoise/models/make_default.sh): 1200 scenes, paired L1,
+#    residual resnet_6blocks ngf 32, its iteration count from a 200-iteration probe taken while 2. runs
+#    -> OUT_DIR/default.safetensors, default_loss.csv, default_train.txt
+# 2. benchmarks/training_fidelity.py, GPU-sized, for the recommended modes (fine-tune, self-supervised)
+#    -> OUT_DIR/training_fidelity.md (the table), training_fidelity.log, OUT_DIR/tf/MODE.safetensors
+# 3. then tests/test_cuda.py and benchmarks/inference.py on CUDA -> OUT_DIR/cuda.txt
+set -uo pipefail
+out=${1:?usage: gpu_session.sh OUT_DIR [DEADLINE_SECONDS]}
+deadline=${2:-540}
+tail_s=${TAIL:-100}  # seconds kept for step 3
+mkdir -p "$out"
+root=$(cd "$(dirname "$0")/.." && pwd)
+if ls "$root"/.whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$root"/.whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore OMP_NUM_THREADS=4
+bin=$(mktemp -d)
+printf '#!/bin/sh\nexec python3 -m napari_emdenoise.cli "$@"\n' > "$bin/emdenoise" && chmod +x "$bin/emdenoise"
+export PATH="$bin:$PATH"
+stamp() { echo "== $(date +%T) +${SECONDS}s $*"; }
+work=${WORK:-$(mktemp -d)}
+device=${DEVICE:-cuda}
+n=${SCENES:-1200}
+
+stamp "environment"
+nvidia-smi -L 2>/dev/null
+python3 -c "import torch, ase; print('torch', torch.__version__, 'ase', ase.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))" || exit 1
+
+stamp "training fidelity (background)"
+timeout -s INT $(( deadline - tail_s - SECONDS )) python3 "$root/benchmarks/training_fidelity.py" --device "$device" \
+  --modes fine-tune self-supervised --keep "$out/tf" ${TF_ARGS:-} > "$out/training_fidelity.md" 2> "$out/training_fidelity.log" &
+tf=$!
+
+stamp "default model: training data"
+emdenoise scenes -o "$work/data" --n "$n" --seed 0 --size 384 --period-range 6 24 --jobs ${JOBS:-10} || exit 1
+
+stamp "default model: probe"
+rate=$(python3 - "$work/data" "$device" "${PROBE:-200}" <<'PY'
+import glob, sys, tempfile
+import numpy as np, tifffile
+from napari_emdenoise.nets import GeneratorConfig
+from napari_emdenoise.train import TrainConfig, train
+names = sorted(glob.glob(f"{sys.argv[1]}/noisy/*.tif"))[::16]
+noisy = [tifffile.imread(n).astype(np.float32) for n in names]
+clean = [tifffile.imread(n.replace("/noisy/", "/clean/")).astype(np.float32) for n in names]
+cfg = TrainConfig.from_preset("small", mode="paired", generator=GeneratorConfig("resnet_6blocks", ngf=32, final="linear", residual=True),
+                              iterations=int(sys.argv[3]), crop=128, batch_size=24, lr=1e-3, device=sys.argv[2], preview_every=0,
+                              clip=8.0, rescale=False, period_range=(6.0, 24.0), checkpoint_every=10**9, lambda_consistency=0.0)
+with tempfile.TemporaryDirectory() as tmp:
+    ev = [e for e in train(noisy, clean, tmp, cfg) if e.stage == "train"]
+k = len(ev) // 4
+print((len(ev) - 1 - k) / (ev[-1].elapsed - ev[k].elapsed))
+PY
+) || rate=20
+load=45  # seconds to read the scenes and to checkpoint
+iters=$(python3 -c "print(max(500, int(($deadline - $tail_s - $SECONDS - $load) * $rate * ${SHARE:-0.95} / 500) * 500))")
+stamp "default model: probe $rate it/s -> $iters iterations"
+timeout -s INT $(( deadline - tail_s - SECONDS )) bash "$root/src/napari_emdenoise/models/make_default.sh" "$work" "$iters" \
+  --device "$device" --no-report > "$out/default_train.txt" 2>&1
+stamp "default model trained"
+tail -c 800 "$out/default_train.txt"; echo
+cp "$work/run/denoiser.safetensors" "$out/default.safetensors"
+cp "$work/run/loss_log.csv" "$out/default_loss.csv"
+wait $tf
+stamp "training fidelity done"
+cat "$out/training_fidelity.md"; tail -c 1500 "$out/training_fidelity.log"
+
+stamp "CUDA tests and inference figures"
+{ timeout 60 python3 -m pytest -q -p no:cacheprovider "$root/tests/test_cuda.py" 2>&1 | tail -5
+  timeout $(( deadline - SECONDS > 10 ? deadline - SECONDS : 10 )) python3 "$root/benchmarks/inference.py" --devices "$device" \
+    --models small resnet9 --sizes 4096; } 2>&1 | tee "$out/cuda.txt"
+stamp "done"
