@@ -83,9 +83,14 @@ def normalize(image: np.ndarray, low: float, high: float, clip: float = CLIP) ->
         lo, hi = float(finite.min()), float(finite.max())
     if not hi > lo:  # a constant image: any scale will do, as long as it is not zero at this magnitude
         hi = lo + max(1.0, abs(lo) * 1e-3)
+    return normalize_with(image, lo, hi, clip), lo, hi
+
+
+def normalize_with(image: np.ndarray, lo: float, hi: float, clip: float = CLIP) -> np.ndarray:
+    """Map ``lo`` and ``hi`` to -1 and 1 (clipped at +-clip): the intensity mapping taken from elsewhere (a sample)."""
     x = (image.astype(np.float32) - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - np.float32(1.0)
     np.clip(x, -clip, clip, out=x)
-    return x, lo, hi
+    return x
 
 
 def denormalize(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -174,10 +179,11 @@ def _is_oom(exc: BaseException) -> bool:
 # --------------------------------------------------------------------------- the tiled pass
 def _tiled_pass(
     net: nn.Module, x: np.ndarray, tiles: list[tiling.Tile], batch_size: int, device: torch.device,
-    amp: bool, progress_offset: int, progress_total: int,
+    amp: bool, progress_offset: int, progress_total: int, stats: list | None = None,
 ) -> Generator[Progress, None, np.ndarray]:
     """Denoise one normalised 2D array with the tiles :func:`_plan` made for its shape; yields
-    progress (in tiles) per batch; returns the blend."""
+    progress (in tiles) per batch; returns the blend. ``stats`` (from :func:`shared_state`): the
+    network's normalisation statistics to use instead of taking them from this array."""
     h, w = x.shape
     # pad as a whole-image pass would, so that every tile sits on the network's sampling grid
     x = nets.pad_to_multiple(torch.from_numpy(x)[None, None], nets.size_multiple(net))[0][0, 0].numpy()
@@ -201,7 +207,10 @@ def _tiled_pass(
     nets.set_norm_mode(net, "instance")  # whatever an earlier run left, start from the reference behaviour
     try:
         todo = tiles
-        if len(tiles) > 1 and nets.tile_norms(net):
+        if stats is not None:  # taken once for a whole image of which this array is a part
+            for m, st in zip(nets.tile_norms(net), stats):
+                m.mode, m.stats = "fixed", tuple(v.to(device) for v in st)
+        elif len(tiles) > 1 and nets.tile_norms(net):
             # whole-image statistics from one joint batch; its outputs are final, so they count as done
             cal = tiling.calibration_tiles(tiles, _calibration_budget(net, device))
             mask = torch.from_numpy(np.stack([t.core_mask() for t in cal])[:, None]).to(device)
@@ -238,6 +247,96 @@ def _tiled_pass(
 def _plan(shape: tuple[int, int], tile: int | None, overlap: int, align: int) -> list[tiling.Tile]:
     padded = tuple(-(-n // align) * align for n in shape)
     return tiling.plan_tiles(padded, tile, overlap, align=align)
+
+
+# --------------------------------------------------------------------------- parts of an image denoised apart
+@dataclass
+class Shared:
+    """What the parts of one image share when they are denoised apart (the chunks of a lazy array): the intensity
+    mapping, the resampling plan and the network's normalisation statistics, all taken once from a sample."""
+
+    lo: float
+    hi: float
+    fill: float  # NaN/Inf pixels are denoised as this value (the sample's median) and come back NaN
+    plan: Plan
+    stats: list | None  # per TileNorm (mean, var) on the CPU; None for a network without InstanceNorm
+
+
+def shared_state(sample: np.ndarray, net: nn.Module, *, tile: int | None = 512, overlap: int = 64, device: str = "auto",
+                 period: float | None = None, rescale: bool = True, amp: bool = True) -> Shared:
+    """Take from ``sample`` (a 2-D part of the image, e.g. a central crop) what every part then shares (:class:`Shared`).
+
+    The statistics come from the sample's tiles jointly, exactly as the in-memory path takes them over a whole image.
+    """
+    sample = _check_image(sample)
+    if sample.ndim != 2:
+        raise ValueError(f"the sample must be one 2-D plane, got shape {sample.shape}")
+    info = model_info(net)
+    dev = pick_device(device)
+    net = net.to(dev).eval()
+    finite = np.isfinite(sample) if sample.dtype.kind == "f" else np.ones(sample.shape, bool)
+    if not finite.any():
+        raise ValueError("the image sample has no finite pixels (all NaN or Inf)")
+    fill = float(np.median(sample[finite])) if not finite.all() else 0.0
+    plane = np.where(finite, sample, fill) if not finite.all() else sample
+    plan = plan_rescale(plane, info, check_period(period, plane.shape), rescale)
+    x, lo, hi = normalize(plane, info.norm_low, info.norm_high, info.clip)
+    norms = nets.tile_norms(net)
+    if not norms:
+        return Shared(lo, hi, fill, plan, None)
+    if plan.scale != 1.0:
+        x = resample(x, (max(8, round(x.shape[0] * plan.scale)), max(8, round(x.shape[1] * plan.scale))))
+    align = nets.size_multiple(net)
+    x = nets.pad_to_multiple(torch.from_numpy(np.ascontiguousarray(x))[None, None], align)[0][0, 0].numpy()
+    tiles = _plan(x.shape, tile, overlap, align)
+    cal = tiling.calibration_tiles(tiles, _calibration_budget(net, dev)) if len(tiles) > 1 else tiles
+    batch = torch.from_numpy(np.stack([x[t.slices] for t in cal])[:, None]).to(dev)
+    if _in_channels(net) != 1:
+        batch = batch.repeat(1, _in_channels(net), 1, 1)
+    mask = torch.from_numpy(np.stack([t.core_mask() for t in cal])[:, None]).to(dev) if len(cal) > 1 else torch.ones_like(batch[:, :1])
+    autocast = torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp and dev.type == "cuda")
+    try:
+        with autocast:
+            nets.record_statistics(net, batch, mask)
+        stats = [tuple(v.detach().float().cpu() for v in m.stats) for m in norms]
+    finally:
+        nets.set_norm_mode(net, "instance")
+    return Shared(lo, hi, fill, plan, stats)
+
+
+def denoise_part(part, net: nn.Module, shared: Shared, *, tile: int | None = 512, overlap: int = 64,
+                 batch_size: int | None = None, device: str = "auto", amp: bool = True) -> np.ndarray:
+    """Denoise a part of an image (2-D, or a stack of parts) with what :func:`shared_state` took from the whole: the same
+    intensity mapping, resampling factor and statistics, so parts put side by side match the whole image's result
+    away from their borders. Returns float32 of the part's shape."""
+    arr = _check_image(part)
+    info = model_info(net)
+    dev = pick_device(device)
+    net = net.to(dev).eval()
+    align = nets.size_multiple(net)
+    planes = arr.reshape(-1, *arr.shape[-2:])
+    out = np.empty(planes.shape, np.float32)
+    for k, plane in enumerate(planes):
+        bad = ~np.isfinite(plane) if plane.dtype.kind == "f" else None
+        if bad is not None and bad.any():
+            plane = np.where(bad, shared.fill, plane)
+        else:
+            bad = None
+        x = normalize_with(plane, shared.lo, shared.hi, info.clip)
+        if shared.plan.scale != 1.0:
+            x = resample(x, (max(8, round(x.shape[0] * shared.plan.scale)), max(8, round(x.shape[1] * shared.plan.scale))))
+        tiles = _plan(x.shape, tile, overlap, align)
+        first = tiles[0]
+        bs = batch_size or _auto_batch(net, (first.rows.stop - first.rows.start) * (first.cols.stop - first.cols.start), dev,
+                                       len(tiles))
+        y = drive(_tiled_pass(net, x, tiles, bs, dev, amp, 0, len(tiles), stats=shared.stats))
+        if y.shape != plane.shape:
+            y = resample(y, plane.shape)
+        y = denormalize(y, shared.lo, shared.hi)
+        if bad is not None:
+            y[bad] = np.nan
+        out[k] = y
+    return out.reshape(arr.shape)
 
 
 # --------------------------------------------------------------------------- public entry points
@@ -384,7 +483,19 @@ def denoise(
     :class:`Cancelled`. ``amp`` uses float16 autocast on CUDA (ignored elsewhere). ``invert``
     denoises a bright-field or ABF image (dark columns) as ADF contrast and turns the result back;
     an image that looks inverted without it gets a :class:`DenoiseWarning`.
+
+    A dask array gives a lazy dask array of the same shape and chunks (:mod:`.lazy`), computed
+    chunk by chunk when asked; ``progress`` and ``cancel`` then do not apply (dask's own
+    progress bars and futures do).
     """
+    from .lazy import denoise_lazy, is_dask
+
+    if is_dask(image):
+        if progress is not None or cancel is not None:
+            raise ValueError("progress and cancel do not apply to a lazy (dask) result: it is computed when asked, e.g. with "
+                             "dask.diagnostics.ProgressBar or a distributed client")
+        return denoise_lazy(image, model, tile=tile, overlap=overlap, batch_size=batch_size, device=device, period=period,
+                            rescale=rescale, amp=amp, invert=invert)
     gen = iter_denoise(image, model, tile=tile, overlap=overlap, batch_size=batch_size, device=device, period=period,
                        rescale=rescale, amp=amp, invert=invert)
     try:
