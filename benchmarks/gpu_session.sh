@@ -4,7 +4,8 @@
 # wheel in .whl/).
 #   bash benchmarks/gpu_session.sh OUT_DIR [DEADLINE_SECONDS]
 # Side by side on the one GPU, each stopped like Ctrl-C if it would pass DEADLINE_SECONDS (default 540):
-# 1. the default model's recipe (src/napari_emdenoise/models/make_default.sh): 1200 scenes, paired L1,
+# 1. the default model's recipe (src/napari_emdenoise/models/make_default.sh) on 1200 scenes with a fifth of perfect
+#    lattices (KINDS overrides the shares), paired L1,
 #    residual resnet_6blocks ngf 32, its iteration count from a 200-iteration probe taken while 2. runs
 #    -> OUT_DIR/default.safetensors, default_loss.csv, default_train.txt
 # 2. benchmarks/training_fidelity.py, GPU-sized, for the recommended modes (fine-tune, self-supervised)
@@ -25,6 +26,7 @@ bin=$(mktemp -d)
 printf '#!/bin/sh\nexec python3 -m napari_emdenoise.cli "$@"\n' > "$bin/emdenoise" && chmod +x "$bin/emdenoise"
 export PATH="$bin:$PATH"
 stamp() { echo "== $(date +%T) +${SECONDS}s $*"; }
+left() { local s=$(( $1 - SECONDS )); echo $(( s > 20 ? s : 20 )); }  # seconds until a deadline, never below 20
 work=${WORK:-$(mktemp -d)}
 device=${DEVICE:-cuda}
 n=${SCENES:-1200}
@@ -34,12 +36,13 @@ nvidia-smi -L 2>/dev/null
 python3 -c "import torch, ase; print('torch', torch.__version__, 'ase', ase.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))" || exit 1
 
 stamp "training fidelity (background)"
-timeout -s INT $(( deadline - tail_s - SECONDS )) python3 "$root/benchmarks/training_fidelity.py" --device "$device" \
+timeout -s INT $(left $(( deadline - tail_s ))) python3 "$root/benchmarks/training_fidelity.py" --device "$device" \
   --modes fine-tune self-supervised --keep "$out/tf" ${TF_ARGS:-} > "$out/training_fidelity.md" 2> "$out/training_fidelity.log" &
 tf=$!
 
 stamp "default model: training data"
-emdenoise scenes -o "$work/data" --n "$n" --seed 0 --size 384 --period-range 6 24 --jobs ${JOBS:-10} || exit 1
+emdenoise scenes -o "$work/data" --n "$n" --seed 0 --size 384 --period-range 6 24 --jobs ${JOBS:-10} \
+  --kinds ${KINDS:-vacancies=0.16 dopants=0.18 columns=0.13 amorphous=0.1 particle=0.1 interface=0.07 scan=0.06 lattice=0.2} || exit 1
 
 stamp "default model: probe"
 rate=$(python3 - "$work/data" "$device" "${PROBE:-200}" <<'PY'
@@ -62,7 +65,7 @@ PY
 load=45  # seconds to read the scenes and to checkpoint
 iters=$(python3 -c "print(max(500, int(($deadline - $tail_s - $SECONDS - $load) * $rate * ${SHARE:-0.95} / 500) * 500))")
 stamp "default model: probe $rate it/s -> $iters iterations"
-timeout -s INT $(( deadline - tail_s - SECONDS )) bash "$root/src/napari_emdenoise/models/make_default.sh" "$work" "$iters" \
+timeout -s INT $(left $(( deadline - tail_s ))) bash "$root/src/napari_emdenoise/models/make_default.sh" "$work" "$iters" \
   --device "$device" --no-report > "$out/default_train.txt" 2>&1
 stamp "default model trained"
 tail -c 800 "$out/default_train.txt"; echo
@@ -74,6 +77,6 @@ cat "$out/training_fidelity.md"; tail -c 1500 "$out/training_fidelity.log"
 
 stamp "CUDA tests and inference figures"
 { timeout 60 python3 -m pytest -q -p no:cacheprovider "$root/tests/test_cuda.py" 2>&1 | tail -5
-  timeout $(( deadline - SECONDS > 10 ? deadline - SECONDS : 10 )) python3 "$root/benchmarks/inference.py" --devices "$device" \
+  timeout $(left $deadline) python3 "$root/benchmarks/inference.py" --devices "$device" \
     --models small resnet9 --sizes 4096; } 2>&1 | tee "$out/cuda.txt"
 stamp "done"

@@ -111,3 +111,33 @@ def test_render_fills_a_vacancy_where_it_should():
 def test_bad_parameters_are_refused(bad):
     with pytest.raises(ValueError):
         SceneParams(**bad)
+
+
+def test_training_sets_take_kind_shares_and_the_perfect_lattice(tmp_path):
+    import json
+
+    from napari_emdenoise.scenes import make_scene
+    from napari_emdenoise.scenes.training import check_kinds, training_params, write_training_set
+    from napari_emdenoise.jobs import drive
+
+    assert {training_params(s, kinds={"lattice": 1.0}).kind for s in range(10)} == {"lattice"}
+    mix = [training_params(s, kinds={"lattice": 1, "dopants": 1}).kind for s in range(200)]
+    assert 70 < mix.count("lattice") < 130 and set(mix) == {"lattice", "dopants"}
+    scene = make_scene(training_params(3, size=128, kinds={"lattice": 1.0}))
+    assert set(np.unique(scene.labels)) == {HEAVY} and len(scene.positions) > 20  # nothing missing, one kind of column
+    with pytest.raises(ValueError, match="unknown scene kind 'crystal'"):
+        check_kinds({"crystal": 1.0})
+    with pytest.raises(ValueError, match="non-negative"):
+        check_kinds({"lattice": -1.0})
+    meta = drive(write_training_set(tmp_path / "set", 2, 0, size=64, kinds={"lattice": 3, "vacancies": 1}))
+    assert json.loads(meta.read_text())["kinds"] == {"lattice": 0.75, "vacancies": 0.25}
+
+
+def test_scenes_cli_takes_kinds(tmp_path, capsys):
+    from napari_emdenoise.cli import main
+
+    assert main(["scenes", "-o", str(tmp_path / "a"), "--n", "2", "--size", "64", "--kinds", "lattice=1"]) == 0
+    assert main(["scenes", "-o", str(tmp_path / "b"), "--n", "1", "--size", "64", "--kinds", "lattice"]) == 2
+    assert "KIND=SHARE" in capsys.readouterr().err
+    assert main(["scenes", "-o", str(tmp_path / "c"), "--n", "1", "--size", "64", "--kinds", "atoms=1"]) != 0
+    assert "unknown scene kind 'atoms'" in capsys.readouterr().err

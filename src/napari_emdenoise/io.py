@@ -426,3 +426,145 @@ def safe_stem(name: str) -> str:
     """A file-name-safe version of a layer or file name."""
     stem = re.sub(r"[^\w.+-]+", "_", name).strip("._")
     return stem or "image"
+
+
+# --------------------------------------------------------------------------- lazy (dask) inputs and zarr outputs
+LARGE_PX = 2**26  # px (8192^2): a TIFF plane or stack above this is read lazily, chunk by chunk, and written as zarr
+
+
+def is_zarr_path(path: str | os.PathLike) -> bool:
+    """A zarr store: a folder named *.zarr, or any folder holding zarr metadata."""
+    p = Path(path)
+    return p.is_dir() and (p.suffix.lower() == ".zarr" or any((p / m).exists() for m in (".zarray", ".zgroup", "zarr.json")))
+
+
+def read_lazy(path: str | os.PathLike, chunk: int = 2048):
+    """A dask array over ``path`` without reading the pixels: a zarr store (an OME-Zarr's full-resolution level), a
+    TIFF (tiled or strip-wise, through tifffile's zarr view), or a folder of same-shaped TIFFs stacked in name order.
+    Returns ``(array, pixel_size)``; pixel_size (y, x) in nm or None."""
+    import dask.array as da
+
+    p = Path(path)
+    if not p.exists():
+        raise ImageFileError(f"Cannot open '{p}': no such file or folder.")
+    if is_zarr_path(p):
+        import zarr
+
+        try:
+            node = zarr.open(str(p), mode="r")
+        except Exception as exc:  # noqa: BLE001 - zarr's errors vary by version
+            raise ImageFileError(f"Cannot open '{p}' as a zarr store: {exc}") from exc
+        if not hasattr(node, "shape"):  # a group: OME-Zarr's first multiscale level, or its one array
+            names = [k for k, _ in node.arrays()]
+            multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+            name = multiscales[0]["datasets"][0]["path"] if multiscales else (names[0] if len(names) == 1 else None)
+            if name is None:
+                raise ImageFileError(f"'{p}' is a zarr group with {len(names)} arrays and no OME multiscales; name the array's folder")
+            node = node[name]
+        arr = da.from_zarr(node)
+        return arr, _zarr_pixel_size(p)
+    if p.is_dir():
+        files = list_tiffs(p)
+        if not files:
+            raise ImageFileError(f"folder '{p}' holds no .tif files and no zarr store")
+        first = read_tiff_header(files[0])
+        import dask
+
+        planes = []
+        for f in files:
+            h = read_tiff_header(f)
+            if (h.shape, h.dtype) != (first.shape, first.dtype):
+                raise ImageFileError(f"'{f.name}' is {h.dtype} {'x'.join(map(str, h.shape))} but '{files[0].name}' is "
+                                     f"{first.dtype} {'x'.join(map(str, first.shape))}: a folder read as one stack needs "
+                                     "images of one shape and type")
+            planes.append(da.from_delayed(dask.delayed(_read_data)(str(f)), shape=first.shape, dtype=first.dtype))
+        return da.stack(planes), first.pixel_size
+    head = read_tiff_header(p)
+    import tifffile as tf
+
+    store = tf.imread(p, aszarr=True)
+    import zarr
+
+    arr = da.from_zarr(zarr.open(store, mode="r"))
+    if arr.ndim > 2 and arr.shape[-1] in (3, 4) and head.shape[-1] in (3, 4):
+        raise ImageFileError(f"'{p.name}' holds colour (RGB) data; export one grey channel to denoise it lazily")
+    return arr.rechunk(tuple(min(n, chunk) if i >= arr.ndim - 2 else 1 for i, n in enumerate(arr.shape))), head.pixel_size
+
+
+@dataclass
+class TiffHeader:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    pixel_size: tuple[float, float] | None
+
+
+def read_tiff_header(path: str | os.PathLike) -> TiffHeader:
+    """Shape, type and pixel size of a TIFF's first series, without reading its pixels."""
+    path = Path(path)
+    _check_magic(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise ImageFileError(f"Cannot open '{path.name}': the TIFF holds no readable image; it is truncated or corrupt.")
+            series = tif.series[0]
+            size, _ = _pixel_size(tif, tif.pages[0])
+            return TiffHeader(tuple(int(n) for n in series.shape), np.dtype(series.dtype), size)
+    except ImageFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds for damaged files
+        raise ImageFileError(f"Cannot open '{path.name}': {exc}; it is truncated or corrupt.") from exc
+
+
+def _read_data(path: str) -> np.ndarray:
+    return read_tiff(path).data
+
+
+def _zarr_pixel_size(path: Path) -> tuple[float, float] | None:
+    """The pixel size our zarr outputs record (attribute 'pixel_size_nm'), or an OME-Zarr's scale for nm/um axes."""
+    import zarr
+
+    try:
+        attrs = dict(zarr.open(str(path), mode="r").attrs)
+    except Exception:  # noqa: BLE001
+        return None
+    if "pixel_size_nm" in attrs:
+        return tuple(float(v) for v in attrs["pixel_size_nm"])
+    ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    try:
+        axes = ms[0]["axes"]
+        scale = next(t["scale"] for t in ms[0]["datasets"][0]["coordinateTransformations"] if t["type"] == "scale")
+        factor = {"nanometer": 1.0, "micrometer": 1e3, "angstrom": 0.1}[axes[-1].get("unit")]
+        return float(scale[-2]) * factor, float(scale[-1]) * factor
+    except (TypeError, KeyError, IndexError, StopIteration):
+        return None
+
+
+def write_zarr(path: str | os.PathLike, data, *, pixel_size: tuple[float, float] | None = None, overwrite: bool = False,
+               attrs: dict[str, Any] | None = None) -> Path:
+    """Write a (dask) array as a zarr store at ``path``, computing it chunk by chunk. The store appears under its name
+    only when complete (written beside it, then renamed); an existing one is kept unless ``overwrite``."""
+    import dask.array as da
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"'{path}' exists; pass overwrite=True (CLI: --overwrite) to replace it.")
+    arr = data if hasattr(data, "chunks") and not isinstance(data, np.ndarray) else da.from_array(np.asarray(data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        import zarr
+
+        z = zarr.open_array(str(tmp), mode="w", shape=arr.shape, dtype=arr.dtype,
+                            chunks=tuple(int(c[0]) for c in arr.chunks))
+        z.attrs.update({**(attrs or {}), **({"pixel_size_nm": list(pixel_size)} if pixel_size else {})})
+        da.store(arr, z, lock=False)
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        os.replace(tmp, path)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(exc, path.parent):
+            raise ImageFileError(f"disk full: '{path}' could not be written; free some space or write elsewhere. Nothing "
+                                 "was changed there") from exc
+        raise
+    return path

@@ -16,6 +16,8 @@ napari as the user browses, by ``.compute()``, or by a dask.distributed cluster)
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 import warnings
 import numpy as np
@@ -23,6 +25,7 @@ import numpy as np
 from . import nets, tiling
 
 SAMPLE = 2048  # px: side of the central sample that a split plane's shared state is taken from
+_LOCK = threading.Lock()  # the network's normalisation layers hold per-call state: one chunk at a time per process
 
 
 def is_dask(x) -> bool:
@@ -50,15 +53,55 @@ def _sample(arr, side: int) -> np.ndarray:
     return np.asarray(_crop(arr, side).compute())
 
 
+def _net(ref):
+    """The network a chunk runs: the module itself, or a checkpoint path (None: the bundled model) loaded once per process
+    (a cluster's workers load it from the shared file system instead of receiving it with every chunk)."""
+    if ref is None or isinstance(ref, str):
+        from .batch import _load
+
+        return _load(ref)
+    return ref
+
+
+def _whole_block(b, *, ref, opts):
+    from .inference import DenoiseWarning, denoise
+
+    with _LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DenoiseWarning)
+        return denoise(b, _net(ref), **opts)
+
+
+def _part_block(b, shared, *, ref, opts, starts, depth, align, block_info=None):
+    from .inference import denoise_part
+
+    # the network is not shift-invariant (stride-2 layers): a part must start on the whole image's grid of ``align`` px,
+    # as the in-memory tiles do; the few px cut for that come out of the borrowed context
+    loc = block_info[0]["chunk-location"][-2:] if block_info else (0, 0)
+    cut = [int(-(starts[a][i] - (depth if i else 0)) % align) for a, i in enumerate(loc)]
+    out = np.zeros(b.shape, np.float32)
+    with _LOCK:
+        out[..., cut[0]:, cut[1]:] = denoise_part(b[..., cut[0]:, cut[1]:], _net(ref), shared, **opts)
+    return out
+
+
+def _plane_state(crop, *, ref, opts, period, rescale):
+    from .inference import shared_state
+
+    with _LOCK:
+        return shared_state(crop, _net(ref), period=period, rescale=rescale, **opts)
+
+
 def denoise_lazy(arr, model=None, *, tile: int | None = 512, overlap: int = 64, batch_size: int | None = None,
                  device: str = "auto", period: float | None = None, rescale: bool = True, amp: bool = True,
                  invert: bool = False, sample: int = SAMPLE):
     """Denoise a dask array lazily (2-D, or a stack with any leading dimensions); returns a float32 dask array of the
-    same shape and chunks. See the module's docstring for how chunks share what they must."""
+    same shape and chunks. See the module's docstring for how chunks share what they must. ``model``: a checkpoint
+    path, None (the bundled model) or a module; a path is loaded once per process that computes chunks."""
+    import dask
     import dask.array as da
+    from dask.array.overlap import ensure_minimum_chunksize
 
-    from .inference import (DenoiseWarning, INVERTED_SKEW, _check_image, check_period, contrast_skew, denoise,
-                            denoise_part, resolve_model, shared_state)
+    from .inference import DenoiseWarning, INVERTED_SKEW, _check_image, check_period, contrast_skew, model_info, plan_rescale, shared_state
 
     if arr.dtype == object or arr.dtype.kind not in "uif":
         raise TypeError(f"image must be a numeric array (8/16/32-bit integers or floats), got dtype {arr.dtype}")
@@ -69,70 +112,49 @@ def denoise_lazy(arr, model=None, *, tile: int | None = 512, overlap: int = 64, 
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and min(arr.shape[:2]) >= 8:
         _check_image(np.empty((8, 8, arr.shape[-1]), np.float32))  # the RGB message
     period = check_period(period, arr.shape)
-    net = resolve_model(model)
-    lock = threading.Lock()  # the network's normalisation layers hold per-call state: one chunk at a time per process
+    ref = os.fspath(model) if isinstance(model, (str, os.PathLike)) else model
+    net = _net(ref)
     src = -arr.astype(np.float32) if invert else arr
     smp = _sample(src, sample)
     if not invert and contrast_skew(smp) < INVERTED_SKEW:
         warnings.warn("the image looks like inverted contrast (bright-field or ABF); denoise it with invert=True",
                       DenoiseWarning, stacklevel=3)
     h, w = arr.shape[-2:]
-    whole_planes = len(arr.chunks[-2]) == 1 and len(arr.chunks[-1]) == 1
     opts = dict(tile=tile, overlap=overlap, device=device, amp=amp)
-    if whole_planes:
-        shared = shared_state(smp, net, period=period, rescale=rescale, **opts) if period is None and rescale else None
-        given = shared.plan.period if shared is not None else period
-
-        def block(b):
-            with lock, warnings.catch_warnings():
-                warnings.simplefilter("ignore", DenoiseWarning)
-                return denoise(b, net, batch_size=batch_size, period=given, rescale=rescale, **opts)
-
-        note = shared.plan if shared is not None else None
-        out = src.map_blocks(block, dtype=np.float32)
+    if len(arr.chunks[-2]) == 1 and len(arr.chunks[-1]) == 1:  # whole planes: each as in memory, the period shared
+        finite = np.isfinite(smp) if smp.dtype.kind == "f" else None
+        plan = plan_rescale(np.where(finite, smp, np.median(smp[finite])) if finite is not None and not finite.all() else smp,
+                            model_info(net), period, rescale)
+        out = src.map_blocks(functools.partial(_whole_block, ref=ref, opts={
+            **opts, "batch_size": batch_size, "period": plan.period if rescale else None, "rescale": rescale}),
+            dtype=np.float32)
     else:
-        import dask
-        from dask.array.overlap import ensure_minimum_chunksize
-
-        first = shared_state(smp, net, period=period, rescale=rescale, **opts)
-        note = first.plan
-        given = first.plan.period if (rescale and first.plan.scale != 1.0) else period
-
+        with _LOCK:
+            first = shared_state(smp, net, period=period, rescale=rescale, **opts)
+        plan = first.plan
+        given = plan.period if (rescale and plan.scale != 1.0) else period
         align = nets.size_multiple(net)
         d = min(context(overlap, first.plan.scale), h - 1, w - 1)
         # every chunk at least as wide as the context it lends (dask would rechunk otherwise)
         plane_chunks = tuple(ensure_minimum_chunksize(d, c) if len(c) > 1 else c for c in arr.chunks[-2:])
         starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in plane_chunks]
-
-        def part(b, shared, block_info=None):
-            # the network is not shift-invariant (stride-2 layers): a part must start on the whole image's grid of
-            # ``align`` px, as the in-memory tiles do; the few px cut for that come out of the borrowed context
-            loc = block_info[0]["chunk-location"][-2:] if block_info else (0, 0)
-            cut = [int(-(starts[a][i] - (d if i else 0)) % align) for a, i in enumerate(loc)]
-            out = np.zeros(b.shape, np.float32)
-            with lock:
-                out[..., cut[0]:, cut[1]:] = denoise_part(b[..., cut[0]:, cut[1]:], net, shared, batch_size=batch_size, **opts)
-            return out
-
-        def plane_state(crop):
-            with lock:
-                return shared_state(crop, net, period=given, rescale=rescale and given is not None, **opts)
-
+        part = functools.partial(_part_block, ref=ref, opts={**opts, "batch_size": batch_size}, starts=starts, depth=d,
+                                 align=align)
+        state = functools.partial(_plane_state, ref=ref, opts=opts, period=given, rescale=rescale and given is not None)
         if first.plan.scale != 1.0:
             warnings.warn("the image is resampled and its planes are split into chunks: each chunk is resampled on its own "
                           "grid, so results near chunk borders can differ from the in-memory path; chunks of whole planes "
                           "avoid this", DenoiseWarning, stacklevel=3)
-        lead = list(np.ndindex(arr.shape[:-2]))
         planes = []
-        for k, idx in enumerate(lead):  # each plane its own intensities and statistics, as in memory; plane 0's now
+        for k, idx in enumerate(np.ndindex(arr.shape[:-2])):  # each plane its own intensities and statistics, as in memory
             plane = src[idx].rechunk(plane_chunks)
-            shared = first if k == 0 else dask.delayed(plane_state, pure=True)(_crop(plane, sample),
-                                                                              dask_key_name=f"emdenoise-state-{plane.name}")
+            shared = first if k == 0 else dask.delayed(state, pure=True)(_crop(plane, sample),
+                                                                         dask_key_name=f"emdenoise-state-{plane.name}")
             planes.append(plane.map_overlap(part, depth={0: d, 1: d}, boundary="none", dtype=np.float32, trim=True,
                                             shared=shared))
         out = (planes[0] if arr.ndim == 2 else da.stack(planes).reshape(arr.shape)).rechunk(arr.chunks)
-    if note is not None and note.notify:
-        warnings.warn(note.note, DenoiseWarning, stacklevel=3)
+    if plan.notify:
+        warnings.warn(plan.note, DenoiseWarning, stacklevel=3)
     return -out if invert else out
 
 

@@ -202,6 +202,9 @@ def _add_scenes(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=384, help="scene side in px")
     p.add_argument("--period-range", type=float, nargs=2, default=(6.0, 24.0), metavar=("LOW", "HIGH"), help="lattice periods, px")
     p.add_argument("--dose-range", type=float, nargs=2, default=(0.8, 40.0), metavar=("LOW", "HIGH"), help="counts per px")
+    p.add_argument("--kinds", nargs="+", default=None, metavar="KIND=SHARE",
+                   help="shares of the scene kinds, e.g. 'vacancies=0.2 dopants=0.2 lattice=0.3' (kinds left out get none; "
+                        "default: the bundled model's mix, without 'lattice', the perfect crystal)")
     p.add_argument("--jobs", type=int, default=1, help="scenes simulated at a time (processes)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing set in OUT")
     p.set_defaults(func=_cmd_scenes)
@@ -212,6 +215,17 @@ def _cmd_scenes(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    kinds = None
+    if args.kinds:
+        kinds = {}
+        for item in args.kinds:
+            name, eq, share = item.partition("=")
+            try:
+                kinds[name] = float(share)
+            except ValueError:
+                raise UsageError(f"--kinds takes KIND=SHARE pairs such as lattice=0.2, not {item!r}") from None
+            if not eq:
+                raise UsageError(f"--kinds takes KIND=SHARE pairs such as lattice=0.2, not {item!r}")
     if args.seed < 0:
         raise UsageError(f"--seed must not be negative, got {args.seed}")
     done = 0
@@ -222,7 +236,8 @@ def _cmd_scenes(args: argparse.Namespace) -> int:
 
     try:
         meta = run_job(write_training_set(args.out, args.n, args.seed, size=args.size, periods=tuple(args.period_range),
-                                          doses=tuple(args.dose_range), jobs=args.jobs, overwrite=args.overwrite),
+                                          doses=tuple(args.dose_range), jobs=args.jobs, overwrite=args.overwrite,
+                                          kinds=kinds),
                        "scenes", "img", on_event=count)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..io import ImageFileError, read_tiff, write_tiff
-from ._common import HelpFormatter, UsageError, notes, print_notes, run_job
+from ._common import HelpFormatter, UsageError
 
 def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,11 +21,14 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
             "OUT_DIR/<name>_consistency.tif is written: the float32 z map, the local residual input - output in "
             "units of the noise (positive: the data are brighter, something was erased; negative: the output is "
             "brighter, something was invented; |z| > 4.5 is flagged), with one summary line per file. "
+            "Inputs above 8192x8192 px and zarr stores (IN.zarr) are read lazily, denoised chunk by chunk and written as "
+            "OUT_DIR/<name>_denoised.zarr. Every output appears only when complete: an input whose outputs exist is "
+            "skipped (a re-run does only what is missing; --overwrite redoes it), and Ctrl-C leaves complete files only. "
             "A file that fails is reported and the rest continue; the exit code is 1 if any failed."
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="input TIFF files")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="input TIFF files or zarr stores")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--model", type=Path, default=None,
                    help="checkpoint: a reference *_net_G_A.pth or a .safetensors model (default: the bundled model)")
@@ -44,7 +47,12 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true",
                    help="check each output against its input: write OUT_DIR/<name>_consistency.tif (z map, float32) "
                         "and print how many regions disagree with the data beyond noise")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo inputs whose outputs exist (without it they are skipped as complete)")
+    p.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
+                   help="run on a dask.distributed cluster: 'local:N' starts N single-threaded worker processes here, an "
+                        "address attaches to a running scheduler (inputs and outputs must be on a file system the workers "
+                        "share); one task per file, the model sent to each worker once, lost workers' files retried")
     p.set_defaults(func=_cmd_denoise)
 
 
@@ -79,46 +87,62 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         net = resolve_model(args.model)
     except (CheckpointError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
-    failed = 0
-    for path in args.inputs:
-        target = args.out / f"{path.stem}_denoised.tif"
-        cons_target = args.out / f"{path.stem}_consistency.tif"
-        try:
-            for t in (target, cons_target) if args.check else (target,):
-                if t.exists() and not args.overwrite:
-                    raise FileExistsError(f"'{t}' exists; use --overwrite to replace it")
-            img = read_tiff(path)
-            with notes() as caught:
-                result = run_job(iter_denoise(
-                    img.data, net, tile=args.tile or None, overlap=args.overlap, batch_size=args.batch_size,
-                    device=args.device, period=args.period, rescale=not args.no_rescale, amp=not args.no_amp,
-                    invert=args.invert,
-                ), path.name, "tile")
-            print_notes(caught, path.name)
-            cons, cons_error = None, None
-            if args.check:
-                try:
-                    cons = check(img.data, result)
-                except ConsistencyError as exc:  # the denoised output is still written
-                    cons_error = exc
-            write_tiff(target, result, pixel_size=img.pixel_size, dtype=args.dtype, overwrite=args.overwrite, axes=img.axes,
-                       description={"source": str(path), "model": str(args.model or "bundled default")})
-            print(f"{path.name} -> {target}")
-            if cons_error is not None:
-                raise ConsistencyError(f"consistency check could not run: {cons_error}")
-            if cons is not None:
-                write_tiff(cons_target, cons.z, pixel_size=img.pixel_size, overwrite=args.overwrite, axes=img.axes,
-                           description={"source": str(path), "denoised": str(target), "consistency": cons.summary()})
-                print(f"{path.name}: consistency: {cons.text()}")
-        except (ImageFileError, FileExistsError, ValueError, TypeError, MemoryError) as exc:
-            failed += 1
-            print(f"{path.name}: error: {exc}", file=sys.stderr)
-        except Exception as exc:  # noqa: BLE001 - anything else one file raises must not end the batch
-            failed += 1
-            print(f"{path.name}: unexpected error ({type(exc).__name__}): {exc}; the other files go on", file=sys.stderr)
+    from ..batch import FileOptions, denoise_file, is_large, outputs_for, remove_partials
+
+    opts = FileOptions(tile=args.tile or None, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
+                       period=args.period, rescale=not args.no_rescale, amp=not args.no_amp, invert=args.invert,
+                       dtype=args.dtype, check=args.check, overwrite=args.overwrite,
+                       model_label=str(args.model or "bundled default"))
+    targets = [t for p in args.inputs for t in outputs_for(p, args.out, args.check, is_large(p))]
+    results = []
+    try:
+        if args.cluster:
+            from ..cluster import ClusterError, denoise_files
+
+            try:
+                for res in denoise_files(args.cluster, args.inputs, args.out, args.model, opts):
+                    _report(res)
+                    results.append(res)
+            except ClusterError as exc:
+                raise UsageError(str(exc)) from None
+        else:
+            from tqdm import tqdm
+
+            for path in args.inputs:
+                with tqdm(desc=path.name, unit="tile", disable=None, leave=False) as bar:
+                    def show(event, bar=bar) -> None:
+                        bar.total, bar.n = event.total, event.done
+                        bar.refresh()
+
+                    res = denoise_file(path, args.out, net, opts, progress=show)
+                _report(res)
+                results.append(res)
+    except KeyboardInterrupt:
+        done = sum(r.error is None for r in results)
+        print(f"\ninterrupted: {done} of {len(args.inputs)} file(s) complete; no partial output was left (run the same "
+              "command again to do the rest)", file=sys.stderr)
+        return 130
+    finally:
+        remove_partials(targets)
+    failed = [r for r in results if r.error]
+    skipped = sum(r.skipped for r in results)
+    if skipped:
+        print(f"{skipped} of {len(args.inputs)} file(s) were already complete and skipped", file=sys.stderr)
     if failed:
-        print(f"{failed} of {len(args.inputs)} file(s) failed", file=sys.stderr)
+        print(f"{len(failed)} of {len(args.inputs)} file(s) failed: " + ", ".join(Path(r.source).name for r in failed),
+              file=sys.stderr)
     return 1 if failed else 0
+
+
+def _report(res) -> None:
+    from pathlib import Path as _P
+
+    for line in res.lines:
+        print(line)
+    for note in res.notes:
+        print(note, file=sys.stderr)
+    if res.error:
+        print(f"{_P(res.source).name}: error: {res.error}", file=sys.stderr)
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:

@@ -9,17 +9,32 @@ from .render import make_scene
 
 # --------------------------------------------------------------------------- training sets
 BENCHMARK_SEEDS = range(9000, 10000)  # the fidelity benchmark's scenes; a training set refuses them
-# share of each kind in a training set: rare single-atom content (dopants, vacancies, light columns) gets more than its share;
-# perfect lattices (a fifth) keep the model sharp on the ideal crystals that physicists' targets show
-TRAINING_KINDS = {"vacancies": 0.16, "dopants": 0.18, "columns": 0.13, "amorphous": 0.1, "particle": 0.1, "interface": 0.07,
-                  "scan": 0.06, "lattice": 0.2}
+# share of each kind in a training set: rare single-atom content (dopants, vacancies, light columns) gets more than its
+# share. These are the shares the bundled model was trained on; perfect lattices ("lattice") can be added with kinds=
+TRAINING_KINDS = {"vacancies": 0.2, "dopants": 0.22, "columns": 0.16, "amorphous": 0.12, "particle": 0.12, "interface": 0.1,
+                  "scan": 0.08}
+
+
+def check_kinds(kinds: dict[str, float] | None) -> dict[str, float]:
+    """Shares of scene kinds (normalised to sum 1), or a ValueError naming what is wrong; None: TRAINING_KINDS."""
+    from ._types import KINDS
+
+    if kinds is None:
+        kinds = TRAINING_KINDS
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"unknown scene kind {bad[0]!r}; the kinds are {', '.join(KINDS)}")
+    if any(not np.isfinite(v) or v < 0 for v in kinds.values()) or sum(kinds.values()) <= 0:
+        raise ValueError("scene kind shares must be non-negative numbers, at least one of them above 0")
+    total = float(sum(kinds.values()))
+    return {k: float(v) / total for k, v in kinds.items() if v > 0}
 
 
 MAX_TRAINING_DOSE = 60.0  # counts/px: above it the brightest columns saturate uint16 at the highest drawn gains
 
 
 def training_params(seed: int, size: int = 384, periods: tuple[float, float] = (6.0, 24.0),
-                    doses: tuple[float, float] = (0.8, 40.0)) -> SceneParams:
+                    doses: tuple[float, float] = (0.8, 40.0), kinds: dict[str, float] | None = None) -> SceneParams:
     """One randomly drawn scene of a training set: kind, scale, dose, optics, scan and detector all varied.
 
     Periods and doses are drawn log-uniformly from their ranges; seeds of the fidelity benchmark are refused.
@@ -35,8 +50,9 @@ def training_params(seed: int, size: int = 384, periods: tuple[float, float] = (
     if not 32 <= size <= 4096:
         raise ValueError(f"the scene size must be 32-4096 px, not {size}")
     rng = np.random.default_rng([seed, 7_000_001])
-    kinds = list(TRAINING_KINDS)
-    kind = kinds[int(rng.choice(len(kinds), p=np.array(list(TRAINING_KINDS.values())) / sum(TRAINING_KINDS.values())))]
+    shares = check_kinds(kinds)
+    names = list(shares)
+    kind = names[int(rng.choice(len(names), p=np.array(list(shares.values()))))]
     loguni = lambda lo, hi: float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     gain = loguni(5.0, 100.0)
     return SceneParams(
@@ -67,7 +83,8 @@ def _write_one(args) -> dict:
 
 
 def write_training_set(out, n: int, seed: int, *, size: int = 384, periods: tuple[float, float] = (6.0, 24.0),
-                       doses: tuple[float, float] = (0.8, 40.0), jobs: int = 1, prefix: str = "scene", overwrite: bool = False):
+                       doses: tuple[float, float] = (0.8, 40.0), jobs: int = 1, prefix: str = "scene", overwrite: bool = False,
+                       kinds: dict[str, float] | None = None):
     """Write ``n`` drawn scenes as OUT/noisy/NAME.tif (uint16) and OUT/clean/NAME.tif (float32 :func:`target`), with
     OUT/scenes.json listing every scene's parameters, written last (a folder without it holds a partial set). A job
     (:mod:`.jobs`): an :class:`Event` per scene written; returns the JSON's path.
@@ -83,7 +100,8 @@ def write_training_set(out, n: int, seed: int, *, size: int = 384, periods: tupl
     out = Path(out)
     if n < 1:
         raise ValueError("a training set needs at least one scene")
-    todo = [(out, f"{prefix}_{i:05d}", training_params(seed + i, size, periods, doses)) for i in range(n)]
+    shares = check_kinds(kinds)
+    todo = [(out, f"{prefix}_{i:05d}", training_params(seed + i, size, periods, doses, shares)) for i in range(n)]
     bad = [t[2].seed for t in todo if t[2].seed in BENCHMARK_SEEDS]
     if bad:
         raise ValueError(f"seeds {bad[0]}... belong to the fidelity benchmark; pick a --seed range outside 9000-9999")
@@ -110,6 +128,7 @@ def write_training_set(out, n: int, seed: int, *, size: int = 384, periods: tupl
         for t in todo:
             records.append(_write_one(t))
             yield Event(len(records), n, "scenes", t[1])
-    meta.write_text(json.dumps({"seed": seed, "size": size, "periods": list(periods), "doses": list(doses), "scenes": records},
+    meta.write_text(json.dumps({"seed": seed, "size": size, "periods": list(periods), "doses": list(doses), "kinds": shares,
+                                "scenes": records},
                                indent=1) + "\n")
     return meta
