@@ -133,10 +133,12 @@ def test_denoise_many_files_reports_failures_and_continues(tmp_path, trained_mod
     clean = read_tiff(sim_dir / "clean" / "sim_0000.tif").data
     assert res.data.shape == noisy.shape and res.pixel_size == pytest.approx((0.03, 0.03))
     assert np.mean((res.data - clean) ** 2) < 0.5 * np.mean((noisy - clean) ** 2)
-    # a second run keeps the results unless --overwrite
+    # a second run skips what is complete and keeps it, unless --overwrite
     before = (out / "sim_0000_denoised.tif").read_bytes()
-    assert main(["denoise", inputs[0], "-o", str(out), "--model", str(trained_model)]) == 1
-    assert "--overwrite" in capsys.readouterr().err
+    assert main(["denoise", inputs[0], "-o", str(out), "--model", str(trained_model)]) == 0
+    captured = capsys.readouterr()
+    assert "sim_0000.tif: already complete" in captured.out and "--overwrite redoes it" in captured.out
+    assert "1 of 1 file(s) were already complete and skipped" in captured.err
     assert (out / "sim_0000_denoised.tif").read_bytes() == before
 
 
@@ -173,7 +175,7 @@ def test_denoise_check_writes_a_consistency_map_and_a_summary_line(tmp_path, tra
     before = (out / "sim_0000_consistency.tif").read_bytes()
     assert main(["denoise", inputs[0], "-o", str(out), *model, "--check"]) == 1
     err = capsys.readouterr().err
-    assert "sim_0000_consistency.tif' exists" in err and "--overwrite" in err
+    assert "sim_0000_consistency.tif' exists but not the rest" in err and "--overwrite" in err
     assert not (out / "sim_0000_denoised.tif").exists()
     assert (out / "sim_0000_consistency.tif").read_bytes() == before
     assert main(["denoise", inputs[0], "-o", str(out), *model, "--check", "--overwrite"]) == 0
