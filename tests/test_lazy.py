@@ -77,3 +77,19 @@ def test_lazy_refuses_what_memory_refuses(net):
         denoise(da.zeros((4, 100), chunks=2), net)
     with pytest.raises(ValueError, match="progress and cancel"):
         denoise(da.zeros((64, 64)), net, progress=print)
+
+
+def test_iter_compute_goes_piece_by_piece_and_stops_between_pieces(net):
+    from napari_emdenoise.jobs import Stopped, drive
+    from napari_emdenoise.lazy import iter_compute
+
+    stack = np.stack([simulate(size=(96, 96), period=12, dose=5, seed=i).noisy for i in range(3)])
+    lazy = denoise(da.from_array(stack, chunks=(1, 96, 96)), net, tile=None)
+    events = []
+    out = drive(iter_compute(lazy), events.append)
+    assert [(e.done, e.total) for e in events] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    np.testing.assert_allclose(out, denoise(stack, net, tile=None), atol=1e-5)
+    flat = denoise(da.from_array(stack[0], chunks=(32, 96)), net, tile=None)
+    assert [e.total for e in [next(iter_compute(flat))]] == [3]  # one piece per band of chunk rows
+    with pytest.raises(Stopped):
+        drive(iter_compute(lazy), None, lambda: True)

@@ -176,3 +176,32 @@ def test_a_missing_model_file_and_an_rgb_layer_get_one_clear_message(make_napari
     assert "colour (RGB)" in w._period_label.value
     assert w.start() is None and "colour (RGB) layer" in errors[-1] and "photo" in errors[-1]
     assert [layer.name for layer in viewer.layers] == ["scan", "photo"]
+
+
+def test_a_dask_layer_gets_a_lazy_result_then_denoise_all(widget, qtbot):
+    import dask.array as da
+
+    from napari_emdenoise import denoise
+
+    viewer, w = widget
+    stack = np.stack([simulate(size=(128, 160), period=12, dose=d, seed=i).noisy for i, d in enumerate((3, 6, 12))])
+    viewer.add_image(da.from_array(stack, chunks=(1, 128, 160)), name="series", scale=(1, 0.02, 0.02))
+    assert w._stack.native.isHidden()  # a lazy layer is denoised whole, slice by slice as it is shown
+    viewer.dims.set_point(0, 1)
+    w._tile.value, w._overlap.value = 128, 32
+    worker = w.start()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: "series denoised" in viewer.layers, timeout=5_000)
+    out = viewer.layers["series denoised"]
+    assert isinstance(out.data, da.Array) and out.data.shape == stack.shape and out.metadata["lazy"]
+    assert tuple(out.scale) == pytest.approx((1, 0.02, 0.02))
+    want = denoise(stack, w._model, tile=128, overlap=32)
+    np.testing.assert_allclose(np.asarray(out.data[1]), want[1], atol=1e-4)  # computed as the user browses
+    assert "Denoise all" in w._all.text and not w._all.native.isHidden()
+    worker = w.start_all()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: isinstance(viewer.layers["series denoised"].data, np.ndarray), timeout=5_000)
+    np.testing.assert_allclose(viewer.layers["series denoised"].data, want, atol=1e-4)
+    assert w._all.native.isHidden() and "all 3 slice(s)" in w._status.value

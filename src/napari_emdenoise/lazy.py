@@ -158,4 +158,24 @@ def denoise_lazy(arr, model=None, *, tile: int | None = 512, overlap: int = 64, 
     return -out if invert else out
 
 
-__all__ = ["context", "denoise_lazy", "is_dask"]
+def iter_compute(arr, index: tuple = ()):
+    """Compute a lazy (dask) array into memory piece by piece: a job (:mod:`.jobs`) with an :class:`~.jobs.Event` per
+    plane of a stack, or per band of chunk rows of a 2-D image, so progress shows and a Cancel stops between pieces.
+    ``index`` fixes leading axes (e.g. one plane). Returns the numpy array."""
+    from .jobs import Event
+
+    arr = arr[index] if index else arr
+    out = np.empty(arr.shape, dtype=arr.dtype)
+    if arr.ndim > 2:
+        pieces = list(np.ndindex(arr.shape[:-2]))
+    else:
+        edges = np.concatenate([[0], np.cumsum(arr.chunks[0])])
+        pieces = [(slice(int(a), int(b)),) for a, b in zip(edges[:-1], edges[1:])]
+    yield Event(0, len(pieces), "denoise", "")
+    for k, piece in enumerate(pieces):
+        out[piece] = np.asarray(arr[piece].compute())
+        yield Event(k + 1, len(pieces), "denoise")
+    return out
+
+
+__all__ = ["context", "denoise_lazy", "is_dask", "iter_compute"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, SpinBox, create_widget
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, PushButton, SpinBox, create_widget
 from napari.utils.notifications import show_error
 
 from ..checkpoints import CheckpointError, model_info
@@ -40,6 +40,19 @@ def _denoise_and_check(data, model, **kwargs):
     except ConsistencyError as exc:
         cons = exc
     return result, cons
+
+
+def _denoise_lazy(data, model, index, **kwargs):
+    """Build the lazy result of a dask-backed layer and compute the slice the user looks at (all of a 2-D image), in the
+    worker thread. Returns ``(lazy result, that slice)``."""
+    from ..inference import denoise
+    from ..jobs import Event
+    from ..lazy import iter_compute
+
+    yield Event(0, 1, "denoise", "sampling the image")
+    lazy = denoise(data, model, **kwargs)
+    shown = yield from iter_compute(lazy, index)
+    return lazy, shown
 
 
 class DenoiseWidget(JobWidget):
@@ -73,10 +86,15 @@ class DenoiseWidget(JobWidget):
                              tooltip="z: data minus output in units of the noise (bwr colormap, ±2 x threshold); "
                                      "red: the data are brighter (something erased), blue: the output is "
                                      "brighter (something invented)")
+        self._all = PushButton(text="Denoise all slices", visible=False,
+                               tooltip="compute every slice of the lazy result now, in the background, and keep it in memory")
+        self._lazy_layer = None  # the lazy result layer that 'Denoise all slices' computes
         self.extend([
             self._image, self._source, self._file, self._model_label, self._tile, self._overlap, self._device,
             self._rescale, self._period, self._period_label, self._stack, self._invert, self._map, *self.run_controls(),
+            self._all,
         ])
+        self._all.changed.connect(self.start_all)
         self._file.visible = self._source.value == FILE
         self._source.changed.connect(self._on_source)
         self._file.changed.connect(self._on_model_changed)
@@ -118,8 +136,10 @@ class DenoiseWidget(JobWidget):
         self._model_label.value = f"{c.netG}{kind}, ngf {c.ngf}, {c.norm} norm{period}"
 
     def _on_image(self, *_) -> None:
+        from ..lazy import is_dask
+
         layer = self._image.value
-        self._stack.visible = layer is not None and layer.ndim > 2
+        self._stack.visible = layer is not None and layer.ndim > 2 and not is_dask(layer.data)
         if layer is None:
             self._period_label.value = ""
             return
@@ -147,9 +167,43 @@ class DenoiseWidget(JobWidget):
             if self._model is None:
                 show_error(f"No model to denoise with: {self._model_label.value}.")
                 return None
+        from ..lazy import is_dask
+
+        if getattr(layer, "multiscale", False):
+            show_error(f"'{layer.name}' is a multiscale (pyramid) layer; open its full-resolution level as its own layer.")
+            return None
+        kwargs = dict(tile=self._tile.value or None, overlap=self._overlap.value, device=self._device.value,
+                      period=self._period.value or None, rescale=self._rescale.value, invert=self._invert.value)
+        if is_dask(layer.data):  # lazy: the result is computed per slice as the user browses
+            index = ()
+            if layer.ndim > 2:
+                index = layer.world_to_data(self._viewer.dims.point)[: layer.ndim - 2]
+                index = tuple(int(np.clip(round(i), 0, n - 1)) for i, n in zip(index, layer.data.shape))
+            self._pending = ("lazy", self._layer_meta(layer, layer.ndim), index)
+            self._status.value = ""
+            return self.launch(_denoise_lazy, layer.data, self._model, index, **kwargs)
         whole_stack = layer.ndim > 2 and self._stack.value
         data = np.asarray(layer.data) if (layer.ndim == 2 or whole_stack) else current_plane(self._viewer, layer)
-        ndim_out = data.ndim
+        meta = self._layer_meta(layer, data.ndim)
+        self._pending = ("memory", meta, f"{layer.name} consistency" if self._map.value else None)
+        self._status.value = ""
+        return self.launch(_denoise_and_check, data, self._model, **kwargs)
+
+    def start_all(self, *_) -> ClosingWorker | None:
+        """Compute every slice of the lazy result layer in a worker; the layer then holds the result in memory."""
+        from ..lazy import is_dask, iter_compute
+
+        layer = self._lazy_layer
+        if layer is None or layer not in self._viewer.layers or not is_dask(layer.data):
+            self._all.visible = False
+            return None
+        if self.running:
+            return None
+        self._pending = ("all", layer)
+        self._status.value = ""
+        return self.launch(iter_compute, layer.data)
+
+    def _layer_meta(self, layer, ndim_out: int) -> dict:
         meta = {
             "name": f"{layer.name} denoised",
             "scale": tuple(layer.scale[-ndim_out:]),
@@ -159,17 +213,40 @@ class DenoiseWidget(JobWidget):
         units = getattr(layer, "units", None)
         if units is not None:
             meta["units"] = tuple(units[-ndim_out:])
-        self._pending = (meta, f"{layer.name} consistency" if self._map.value else None)
-        self._status.value = ""
-        return self.launch(
-            _denoise_and_check, data, self._model, tile=self._tile.value or None, overlap=self._overlap.value,
-            device=self._device.value, period=self._period.value or None, rescale=self._rescale.value,
-            invert=self._invert.value,
-        )
+        return meta
 
-    def on_result(self, out: tuple[np.ndarray, Consistency | ConsistencyError]) -> None:
-        result, cons = out
-        meta, map_name = self._pending
+    def on_result(self, out) -> None:
+        kind = self._pending[0]
+        if kind == "lazy":
+            self._lazy_result(*out)
+        elif kind == "all":
+            layer = self._pending[1]
+            if layer in self._viewer.layers:
+                layer.data = out
+                layer.metadata = {**layer.metadata, "lazy": False}
+            self._all.visible = False
+            self._status.value = f"all {out.shape[0] if out.ndim > 2 else 1} slice(s) of '{layer.name}' computed"
+        else:
+            self._memory_result(*out)
+
+    def _lazy_result(self, lazy, shown: np.ndarray) -> None:
+        meta, index = self._pending[1], self._pending[2]
+        finite = shown[np.isfinite(shown)]
+        limits = tuple(float(v) for v in np.percentile(finite, [0.5, 99.5])) if finite.size else (0.0, 1.0)
+        if not limits[1] > limits[0]:
+            limits = (limits[0], limits[0] + 1.0)
+        if lazy.ndim == 2:  # a 2-D image was computed whole: keep it in memory
+            self._viewer.add_image(shown, **meta, contrast_limits=limits)
+            self._status.value = "denoised chunk by chunk (lazy input); not checked for consistency"
+            return
+        meta["metadata"] = {**meta["metadata"], "lazy": True}
+        self._lazy_layer = self._viewer.add_image(lazy, **meta, contrast_limits=limits)
+        self._all.visible = True
+        self._status.value = ("lazy result: each slice is denoised when shown; 'Denoise all slices' computes the rest "
+                              "in the background")
+
+    def _memory_result(self, result: np.ndarray, cons: Consistency | ConsistencyError) -> None:
+        meta, map_name = self._pending[1], self._pending[2]
         if isinstance(cons, ConsistencyError):
             self._viewer.add_image(result, **meta)
             self._status.value = f"the check could not run: {cons}"
