@@ -82,3 +82,18 @@ def test_writer_saves_float32_with_pixel_size(make_napari_viewer, uint16_tiff, t
     assert img.data.dtype == np.float32
     np.testing.assert_array_equal(img.data, data.astype(np.float32))
     assert img.pixel_size == pytest.approx((0.025, 0.025))
+
+
+def test_a_zarr_store_opens_as_a_lazy_layer(make_napari_viewer, tmp_path):
+    import dask.array as da
+
+    from napari_emdenoise.io import write_zarr
+
+    data = np.arange(3 * 64 * 80, dtype=np.float32).reshape(3, 64, 80)
+    write_zarr(tmp_path / "series.zarr", da.from_array(data, chunks=(1, 64, 80)), pixel_size=(0.05, 0.05))
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(tmp_path / "series.zarr"), plugin="napari-emdenoise")
+    layer = layers[0]
+    assert layer.name == "series" and isinstance(layer.data, da.Array) and layer.data.shape == (3, 64, 80)
+    assert tuple(layer.scale) == pytest.approx((1.0, 0.05, 0.05))
+    np.testing.assert_array_equal(np.asarray(layer.data[2]), data[2])

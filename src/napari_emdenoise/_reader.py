@@ -1,10 +1,14 @@
-"""napari reader: STEM TIFFs as image layers with their pixel size as scale."""
+"""napari reader: STEM TIFFs as image layers with their pixel size as scale; zarr stores and TIFFs above 8192^2 px as
+lazy (dask) layers that napari reads slice by slice."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 from napari.utils.notifications import show_info
 
-from .io import is_tiff_path, read_tiff
+from .io import LARGE_PX, is_tiff_path, is_zarr_path, read_lazy, read_tiff, read_tiff_header
 
 
 def napari_get_reader(path):
@@ -15,6 +19,8 @@ def napari_get_reader(path):
         path = path[0]
     if not isinstance(path, str) and not hasattr(path, "__fspath__"):
         return None
+    if is_zarr_path(path):
+        return read_lazy_layer
     if not is_tiff_path(path):
         return None
     return read_layer
@@ -24,6 +30,12 @@ def read_layer(path):
     """Read one TIFF into napari layer data; raises ImageFileError with a clear message."""
     if isinstance(path, (list, tuple)):
         path = path[0]
+    try:
+        shape = read_tiff_header(path).shape
+    except Exception:  # noqa: BLE001 - read_tiff says what is wrong
+        shape = ()
+    if shape and int(np.prod(shape, dtype=np.int64)) > LARGE_PX:
+        return read_lazy_layer(path)
     img = read_tiff(path)
     for note in img.notes:
         show_info(note)
@@ -31,3 +43,17 @@ def read_layer(path):
     if img.unit:
         kwargs["units"] = (img.unit,) * img.data.ndim
     return [(img.data, kwargs, "image")]
+
+
+def read_lazy_layer(path):
+    """A zarr store or a huge TIFF as a lazy (dask) layer: nothing is read until napari shows a slice."""
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    arr, pixel_size = read_lazy(path)
+    name = Path(path).name
+    name = name[: -len(".zarr")] if name.lower().endswith(".zarr") else Path(path).stem
+    kwargs = {"name": name, "metadata": {"lazy": True, "path": str(path)}}
+    if pixel_size is not None:
+        kwargs["scale"] = (1.0,) * (arr.ndim - 2) + tuple(pixel_size)
+        kwargs["units"] = ("nm",) * arr.ndim  # as for TIFF layers: napari compares units across layers
+    return [(arr, kwargs, "image")]
