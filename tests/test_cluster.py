@@ -111,3 +111,22 @@ def test_ctrl_c_leaves_only_complete_outputs(tmp_path, twenty, trained_model):
     # the same command finishes the rest and skips what is complete
     assert main(["denoise", *map(str, twenty), "-o", str(out), "--model", str(trained_model), "--tile", "0"]) == 0
     assert len(list(out.iterdir())) == 20
+
+
+def test_a_zarr_input_is_denoised_chunk_by_chunk_on_the_cluster(tmp_path, twenty, trained_model, capsys):
+    import dask.array as da
+
+    from napari_emdenoise import denoise
+    from napari_emdenoise.io import read_lazy, write_zarr
+
+    img = simulate(size=(256, 300), period=12, dose=5, seed=4).noisy
+    write_zarr(tmp_path / "montage.zarr", da.from_array(img, chunks=(128, 150)), pixel_size=(0.03, 0.03))
+    out = tmp_path / "out"
+    rc = main(["denoise", str(tmp_path / "montage.zarr"), str(twenty[0]), "-o", str(out), "--model", str(trained_model),
+               "--tile", "128", "--overlap", "32", "--cluster", "local:2"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["frame_00_denoised.tif", "montage_denoised.zarr"]
+    got, size = read_lazy(out / "montage_denoised.zarr")
+    assert size == pytest.approx((0.03, 0.03)) and got.shape == img.shape
+    want = denoise(img, str(trained_model), tile=128, overlap=32)
+    assert np.abs(got.compute() - want).max() <= 0.01 * np.ptp(want)

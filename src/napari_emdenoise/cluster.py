@@ -1,7 +1,8 @@
 """Batches on a dask.distributed cluster: a LocalCluster of single-threaded worker processes, or a running scheduler.
 
-One task per file (:func:`napari_emdenoise.batch.denoise_file`); the model is scattered to every
-worker once; a file whose worker is lost is run again elsewhere (dask's scheduler does that up to
+One task per file (:func:`napari_emdenoise.batch.denoise_file`), and one per chunk for a huge file
+(above :data:`.io.LARGE_PX` pixels, or a zarr store: its lazy graph is computed on the cluster, the
+workers loading the model file once each); the model is scattered to every worker once; a file whose worker is lost is run again elsewhere (dask's scheduler does that up to
 ``distributed.scheduler.allowed-failures`` times) and a file that still fails is reported with its
 error while the rest go on. Inputs and outputs must lie on a file system the workers share.
 """
@@ -63,8 +64,8 @@ def denoise_files(spec: str, inputs: list[Path], out_dir: Path, model, opts) -> 
     from distributed import as_completed
     from tqdm import tqdm
 
-    from .batch import FileResult, denoise_file
-    from .inference import resolve_model
+    from .batch import FileResult, denoise_file, is_large
+    from .inference import DEFAULT_MODEL, resolve_model
 
     client = client_for(spec)
     futures = {}
@@ -73,12 +74,18 @@ def denoise_files(spec: str, inputs: list[Path], out_dir: Path, model, opts) -> 
         threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if parse(spec)[0] == "local" else None
         if threads:
             client.run(_set_threads, threads)
-        net = client.scatter(resolve_model(model), broadcast=True)  # each worker receives the model once
-        for i, path in enumerate(inputs):
+        large = [p for p in inputs if is_large(Path(p))]
+        small = [p for p in inputs if p not in large]
+        if small:
+            net = client.scatter(resolve_model(model), broadcast=True)  # each worker receives the model once
+        for i, path in enumerate(small):
             fut = client.submit(denoise_file, str(path), str(out_dir), net, opts, key=f"emdenoise-{i}-{path.name}",
                                 pure=False)
             futures[fut] = path
-        with tqdm(total=len(futures), desc=f"{len(inputs)} file(s) on {workers} worker(s)", unit="file", disable=None) as bar:
+        with tqdm(total=len(inputs), desc=f"{len(inputs)} file(s) on {workers} worker(s)", unit="file", disable=None) as bar:
+            for path in large:  # chunk by chunk on the cluster (this client is dask's scheduler here), while the rest run
+                yield denoise_file(path, out_dir, str(model or DEFAULT_MODEL), opts)
+                bar.update(1)
             for fut in as_completed(futures):
                 path = futures[fut]
                 try:
