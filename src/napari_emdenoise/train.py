@@ -163,6 +163,13 @@ def train(
         kept = kept[:1] + [r for r in kept[1:] if r and int(r[0]) <= start]
         with open(log_path, "w", newline="") as fh:
             csv.writer(fh).writerows(kept)
+    selector = None
+    if cfg.select:  # the starting model is the first candidate: a run never ends worse than it began (train_select)
+        from .train_select import Selector
+
+        selector = Selector(run_dir, dom_a.images, cfg.crop, device)
+        if selector.best is None:
+            selector.consider(model.nets["G_A"], start, replace(info, description=f"{info.description}; iteration {start}"))
     log = open(log_path, "w" if new_log else "a", newline="")
     writer = None
     t0 = time.perf_counter()
@@ -191,6 +198,8 @@ def train(
                 log.flush()
                 save_run(run_dir, model, it, rng, info)
                 saved_at = it
+                if selector is not None:
+                    selector.consider(model.nets["G_A"], it, replace(info, description=f"{info.description}; iteration {it}"))
             preview = None
             if cfg.preview_every and (it % cfg.preview_every == 0 or it == start + 1):
                 with torch.no_grad():
@@ -207,4 +216,7 @@ def train(
     finally:  # on a crash mid-iteration the last complete checkpoint stays as it was
         log.close()
         _plot_losses(run_dir)
+    note = selector.finish(cfg.iterations) if selector is not None and it == cfg.iterations else None
+    if note:
+        yield Event(1, 1, "select", note)
     return run_dir / "denoiser.safetensors"

@@ -15,7 +15,7 @@ PRESETS = {
     # the bundled default model's architecture (residual, linear output, input clip 8, every image at its own scale):
     # what fine-tuning from the bundled model (init "bundled") trains
     "default": dict(generator=GeneratorConfig("resnet_6blocks", ngf=32, final="linear", residual=True), ndf=32, crop=128,
-                    batch_size=4, clip=8.0, rescale=False),
+                    batch_size=4, clip=8.0, rescale=False, select=True),
     # CPU-friendly: 0.49 M-parameter generators (resnet_6blocks, ngf 16), 96-px crops, batch 4
     "small": dict(generator=GeneratorConfig("resnet_6blocks", ngf=16), ndf=32, crop=96, batch_size=4),
     # the reference CycleGAN's defaults, for a GPU
@@ -67,6 +67,8 @@ class TrainConfig:
     # masked with them (row-correlated scan noise would otherwise tell the network the blind spot's value)
     n2v_fraction: float = 0.005
     n2v_span: int = 2
+    # score the starting model and every checkpoint on the noisy frames (train_select) and end with the best of them
+    select: bool = False
     checkpoint_every: int = 500
     preview_every: int = 50
     seed: int = 0

@@ -70,6 +70,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed and data on a CPU: same weights)")
     p.add_argument("--resume", action="store_true", help="continue the run in -o from its last checkpoint")
+    p.add_argument("--no-select", action="store_true",
+                   help="end with the last iteration's model; by default the starting model and every checkpoint are "
+                        "scored on the noisy frames (self-supervised, no truth needed) and the best is kept, so a run never "
+                        "ends worse than it began (selection.json in the run folder lists the scores)")
     p.add_argument("--no-report", action="store_true",
                    help="skip the fidelity report at the end (the trained model beside the bundled one on your frames and "
                         "the quick fidelity scenes; about half a minute on a CPU)")
@@ -122,6 +126,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg = TrainConfig.from_preset(args.model, mode=args.mode, iterations=args.iters, period=args.period,
                                           device=args.device, checkpoint_every=args.checkpoint_every, seed=args.seed,
                                           precision=args.precision, init=init, lambda_consistency=args.consistency,
+                                          select=not args.no_select,
                                           period_range=tuple(args.period_range) if args.period_range else None, **overrides)
         if cfg.mode == "paired":
             clean, clean_names = pair_by_name(noisy_names, clean, clean_names), list(noisy_names)
@@ -144,6 +149,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         break
                     last_stage = event.stage
                     if not isinstance(event, TrainEvent):  # preparing (noise models), or the report after training
+                        if event.stage == "select":  # the run ends with an earlier checkpoint: say which and why
+                            bar.write(f"note: {event.message}", file=sys.stderr)
+                            continue
                         bar.set_description_str(f"train {cfg.mode}: {event.message}")
                         if stop.is_set():
                             gen.close()
