@@ -11,7 +11,9 @@ squares (a CycleGAN's output is in the targets' intensities). The score is the m
 and fixed crops of the frames.
 
 The run scores the starting model (iteration 0: the bundled model when fine-tuning) and every
-checkpoint, keeps the best weights in ``best.safetensors`` and their record in ``selection.json``,
+checkpoint (in mode n2v the checkpoints only: the score of a network that sees each pixel, made
+blind for scoring, is worse than its true error, so it cannot be compared with blind-spot
+networks), keeps the best weights in ``best.safetensors`` and their record in ``selection.json``,
 and at the end writes the best into ``denoiser.safetensors``. A run that only made the model worse
 ends with the model it started from, and says so.
 """
