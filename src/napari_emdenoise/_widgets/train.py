@@ -227,7 +227,9 @@ class TrainWidget(JobWidget):
         self.cancel()
 
     def on_event(self, e) -> None:
-        if not isinstance(e, TrainEvent):  # preparing (the noise model of each frame)
+        if not isinstance(e, TrainEvent):  # preparing (the noise model of each frame), the checkpoint chosen, the report
+            if e.stage == "select":  # the run ends with an earlier checkpoint than the last: the user must know
+                show_warning(e.message)
             self._status.value = e.message
             return
         self._status.value = f"iteration {e.iteration}/{e.total}, {e.elapsed:.0f} s, about {e.eta:.0f} s left"
