@@ -1,5 +1,6 @@
 import errno
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +214,55 @@ def test_a_file_with_two_series_says_which_was_read(tmp_path):
         tw.write(np.ones((16, 16), np.uint16))
     img = read_tiff(path)
     assert img.data.shape == (32, 32) and any("2 image series" in n and "the first" in n for n in img.notes)
+
+
+# --------------------------------------------------------------------------- microscope formats (../shared/formats)
+FORMATS = Path(__file__).resolve().parents[2] / "shared" / "formats"
+needs_formats = pytest.mark.skipif(not FORMATS.is_dir(), reason="the real DM/TIA/EMD sample files live in ../shared/formats")
+
+
+@needs_formats
+@pytest.mark.parametrize("name, shape, dtype, pixel", [
+    ("16x16_STEM_BF_DF_acquire_1.ser", (16, 16), "uint16", 21.51),
+    ("16x16_STEM_BF_DF_acquire.emi", (16, 16), "uint16", 21.51),
+    ("test-1.dm3", (2, 2), "int16", None),
+    ("test-2.dm4", (2, 2), "float32", None),
+    ("example_image.emd", (3, 3), "int32", None),
+])
+def test_microscope_files_read_with_their_pixel_size(name, shape, dtype, pixel):
+    from napari_emdenoise.io import read_image
+
+    img = read_image(FORMATS / name)
+    assert img.data.shape == shape and str(img.data.dtype) == dtype
+    if pixel is None:
+        assert img.pixel_size is None and any("no pixel size" in n for n in img.notes)
+    else:
+        assert img.pixel_size == pytest.approx((pixel, pixel), rel=1e-3) and img.unit == "nm"
+    if name.endswith(".emi"):  # two detectors: which one was read is said
+        assert any("holds 2 images" in n for n in img.notes)
+
+
+@needs_formats
+def test_a_microscope_file_denoises_from_the_cli_with_its_pixel_size(tmp_path, capsys):
+    import shutil
+
+    from napari_emdenoise.cli import main
+    from napari_emdenoise.io import read_tiff
+
+    ser = tmp_path / "scan.ser"
+    shutil.copyfile(FORMATS / "16x16_STEM_BF_DF_acquire_1.ser", ser)
+    assert main(["denoise", str(ser), "-o", str(tmp_path / "out"), "--tile", "0", "--no-rescale"]) == 0
+    out = read_tiff(tmp_path / "out" / "scan_denoised.tif")
+    assert out.data.shape == (16, 16) and out.pixel_size == pytest.approx((21.51, 21.51), rel=1e-3)
+
+
+def test_a_damaged_microscope_file_gives_one_clear_message(tmp_path):
+    from napari_emdenoise.io import ImageFileError, read_image
+
+    for suffix in (".dm3", ".ser", ".emd"):
+        bad = tmp_path / f"bad{suffix}"
+        bad.write_bytes(b"\x00\x01 not a microscope file" * 10)
+        with pytest.raises(ImageFileError, match=f"Cannot read 'bad{suffix}'.*corrupt"):
+            read_image(bad)
+    with pytest.raises(ImageFileError, match="no such file"):
+        read_image(tmp_path / "missing.dm4")

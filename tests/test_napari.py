@@ -97,3 +97,14 @@ def test_a_zarr_store_opens_as_a_lazy_layer(make_napari_viewer, tmp_path):
     assert layer.name == "series" and isinstance(layer.data, da.Array) and layer.data.shape == (3, 64, 80)
     assert tuple(layer.scale) == pytest.approx((1.0, 0.05, 0.05))
     np.testing.assert_array_equal(np.asarray(layer.data[2]), data[2])
+
+
+def test_a_ser_file_opens_with_its_pixel_size(make_napari_viewer):
+    from pathlib import Path
+
+    ser = Path(__file__).resolve().parents[2] / "shared" / "formats" / "16x16_STEM_BF_DF_acquire_1.ser"
+    if not ser.is_file():
+        pytest.skip("the real TIA sample lives in ../shared/formats")
+    viewer = make_napari_viewer()
+    layer = viewer.open(str(ser), plugin="napari-emdenoise")[0]
+    assert layer.data.shape == (16, 16) and tuple(layer.scale) == pytest.approx((21.51, 21.51), rel=1e-3)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from napari.utils.notifications import show_info
 
-from .io import LARGE_PX, is_tiff_path, is_zarr_path, read_lazy, read_tiff, read_tiff_header
+from .io import LARGE_PX, is_em_path, is_tiff_path, is_zarr_path, read_em, read_lazy, read_tiff, read_tiff_header
 
 
 def napari_get_reader(path):
@@ -21,6 +21,8 @@ def napari_get_reader(path):
         return None
     if is_zarr_path(path):
         return read_lazy_layer
+    if is_em_path(path):
+        return read_layer
     if not is_tiff_path(path):
         return None
     return read_layer
@@ -30,13 +32,18 @@ def read_layer(path):
     """Read one TIFF into napari layer data; raises ImageFileError with a clear message."""
     if isinstance(path, (list, tuple)):
         path = path[0]
+    if is_em_path(path):
+        return _layer(read_em(path))
     try:
         shape = read_tiff_header(path).shape
     except Exception:  # noqa: BLE001 - read_tiff says what is wrong
         shape = ()
     if shape and int(np.prod(shape, dtype=np.int64)) > LARGE_PX:
         return read_lazy_layer(path)
-    img = read_tiff(path)
+    return _layer(read_tiff(path))
+
+
+def _layer(img):
     for note in img.notes:
         show_info(note)
     kwargs = {"name": img.name, "scale": img.scale(), "metadata": img.metadata, "axis_labels": tuple(img.axes.lower())}

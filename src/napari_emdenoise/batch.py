@@ -102,7 +102,7 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
     ``progress(event)`` receives the in-memory path's :class:`~.inference.Progress` events."""
     from .consistency import ConsistencyError, check
     from .inference import DenoiseWarning, iter_denoise
-    from .io import ImageFileError, read_lazy, read_tiff, write_tiff, write_zarr
+    from .io import ImageFileError, read_image, read_lazy, write_tiff, write_zarr
     from .jobs import drive
 
     path, out_dir = Path(path), Path(out_dir)
@@ -136,7 +136,7 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
                     res.notes.append(f"{path.name}: note: --check is not run on lazily denoised (large) inputs")
                 res.lines.append(f"{path.name} -> {targets[0]}")
             else:
-                img = read_tiff(path)
+                img = read_image(path)
                 res.notes += [f"{path.name}: note: {n}" for n in img.notes]
                 with _LOCK:
                     result = drive(iter_denoise(img.data, net, tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,

@@ -568,3 +568,92 @@ def write_zarr(path: str | os.PathLike, data, *, pixel_size: tuple[float, float]
                                  "was changed there") from exc
         raise
     return path
+
+
+# --------------------------------------------------------------------------- microscope formats (rosettasciio)
+EM_SUFFIXES = {".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph", ".ser": "tia", ".emi": "tia", ".emd": "emd"}
+_ADF_WORDS = ("haadf", "adf", "df")  # a detector name that says dark field: preferred over bright field
+
+
+def is_em_path(path: str | os.PathLike) -> bool:
+    """A Gatan DigitalMicrograph (.dm3/.dm4), TIA (.ser/.emi) or EMD (Velox/Berkeley, .emd) file name."""
+    return Path(path).suffix.lower() in EM_SUFFIXES
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """A file name this package reads: TIFF or a microscope format."""
+    return is_tiff_path(path) or is_em_path(path)
+
+
+def read_image(path: str | os.PathLike) -> TiffImage:
+    """Read a TIFF (:func:`read_tiff`) or a microscope file (:func:`read_em`) by its suffix."""
+    return read_em(path) if is_em_path(path) else read_tiff(path)
+
+
+def _title(signal: dict) -> str:
+    general = signal.get("metadata", {}).get("General", {})
+    return str(general.get("title") or general.get("original_filename") or "")
+
+
+def read_em(path: str | os.PathLike) -> TiffImage:
+    """Read a Gatan DM3/DM4, TIA SER/EMI or EMD file with rosettasciio: the image (or stack) and its pixel size in nm.
+
+    A file with several images (EMI/EMD with more than one detector, say) gives the first dark-field one by its title
+    (HAADF, ADF, DF), else the first; a note names the others. Spectra and other non-image signals are skipped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageFileError(f"Cannot open '{path}': no such file.")
+    if not path.is_file():
+        raise ImageFileError(f"Cannot open '{path}': it is not a regular file.")
+    plugin = EM_SUFFIXES.get(path.suffix.lower())
+    if plugin is None:
+        raise ImageFileError(f"Cannot open '{path.name}': not a DM3/DM4, SER/EMI or EMD file.")
+    try:
+        import importlib
+
+        reader = importlib.import_module(f"rsciio.{plugin}").file_reader
+    except ImportError as exc:
+        need = "rosettasciio and h5py" if plugin == "emd" else "rosettasciio"
+        raise ImageFileError(f"Cannot open '{path.name}': reading {path.suffix} files needs {need} "
+                             f"(pip install rosettasciio h5py); the import said: {exc}") from None
+    try:
+        signals = reader(str(path))
+    except Exception as exc:  # noqa: BLE001 - the readers raise many kinds for damaged or foreign files
+        raise ImageFileError(f"Cannot read '{path.name}': it is truncated, corrupt or not a {path.suffix} image "
+                             f"({type(exc).__name__}: {exc}). Copy or export the file again.") from exc
+    images = [s for s in signals if sum(not a.get("navigate", False) for a in s.get("axes", [])) == 2
+              and np.asarray(s["data"]).ndim >= 2]
+    if not images:
+        raise ImageFileError(f"Cannot open '{path.name}': it holds no image (only spectra or other signals).")
+    dark = [s for s in images if any(w in _title(s).lower() for w in _ADF_WORDS) and "bf" not in _title(s).lower()]
+    chosen = (dark or images)[0]
+    notes: list[str] = []
+    if len(images) > 1:
+        names = ", ".join(repr(_title(s) or f"image {i + 1}") for i, s in enumerate(images))
+        notes.append(f"'{path.name}' holds {len(images)} images ({names}); {_title(chosen) or 'the first'!r} was read.")
+    data = np.asarray(chosen["data"])
+    if data.dtype.kind == "c":
+        raise ImageFileError(f"Cannot open '{path.name}': complex-valued images ({data.dtype}) are not supported.")
+    if data.dtype.fields is not None:  # DM RGB(A) records
+        raise ImageFileError(f"Cannot open '{path.name}': it holds a colour image; export one grey channel.")
+    original_dtype = str(data.dtype)
+    if data.dtype == np.float16:
+        data = data.astype(np.float32)
+    axes = chosen["axes"]
+    sig = [a for a in axes if not a.get("navigate", False)][-2:]
+    scales = []
+    for a in sig:
+        factor = _unit_to_nm(str(a.get("units") or ""))
+        scale = float(a.get("scale") or 0)
+        scales.append(scale * factor if factor and scale > 0 else None)
+    pixel_size = tuple(scales) if all(s is not None for s in scales) else None
+    if pixel_size is None:
+        notes.append(f"'{path.name}' gives no pixel size in a length unit; distances are in pixels.")
+    keep = [i for i, n in enumerate(data.shape) if n > 1 or i >= data.ndim - 2]
+    data = data.reshape([data.shape[i] for i in keep])
+    meta = {"format": plugin, "title": _title(chosen), "original_dtype": original_dtype, "axes": "Q" * (data.ndim - 2) + "YX"}
+    if pixel_size is not None:
+        meta["pixel_size_nm"] = list(pixel_size)
+    return TiffImage(data=data, path=path, original_dtype=original_dtype, pixel_size=pixel_size,
+                     unit="nm" if pixel_size is not None else None, metadata=meta, notes=notes)

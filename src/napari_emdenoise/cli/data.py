@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import ImageFileError, expand_tiffs, is_tiff_path, read_tiff, write_tiff
+from ..io import ImageFileError, expand_tiffs, is_tiff_path, read_image, read_tiff, write_tiff
 from ..simulate import LATTICES, SimParams, simulate
 from ._common import HelpFormatter, UsageError, basis, pair, run_job, size
 
@@ -53,7 +53,7 @@ def _cmd_mask(args: argparse.Namespace) -> int:
     for path in args.inputs:
         target = args.out if single else args.out / f"{path.stem}_mask.tif"
         try:
-            img = read_tiff(path)
+            img = read_image(path)
             data = img.data if img.data.ndim == 2 else img.data.reshape(-1, *img.data.shape[-2:])[0]
             if img.data.ndim > 2:
                 print(f"{path.name}: note: a stack of {img.data.shape[:-2]} planes ({img.axes}); the mask is made from the "
@@ -107,7 +107,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     try:
         zooms = [parse_zoom(z) for z in args.zoom]
         masks = {p.stem: read_tiff(p).data.astype(np.float32) for p in expand_tiffs(args.masks)}
-        noisy = {p.stem: read_tiff(p).data for p in expand_tiffs(args.noisy)}
+        noisy = {p.stem: read_image(p).data for p in expand_tiffs(args.noisy)}
         if args.simulate:
             lattice = simulate(size=(1024, 1024), period=args.sim_period, dents=0, dose=1000.0, seed=args.seed).clean
             period = args.sim_period

@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..io import ImageFileError, read_tiff, write_tiff
+from ..io import ImageFileError, read_image, write_tiff
 from ._common import HelpFormatter, UsageError
 
 def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "denoise",
-        help="denoise TIFF files with a generator",
+        help="denoise TIFF, DM3/DM4, SER/EMI or EMD files with a generator",
         description=(
             "Denoise each input TIFF (2D or a stack) and write OUT_DIR/<name>_denoised.tif (float32, the input's "
             "pixel size kept). The image is resampled to the model's training period (estimated from the image "
@@ -28,7 +28,7 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="input TIFF files or zarr stores")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="input files (TIFF, DM3/DM4, SER/EMI, EMD) or zarr stores")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--model", type=Path, default=None,
                    help="checkpoint: a reference *_net_G_A.pth or a .safetensors model (default: the bundled model)")
@@ -180,7 +180,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             raise UsageError(f"-o {args.out} would replace an input; name a new file for the z map")
         if args.out.exists() and not args.overwrite:
             raise UsageError(f"'{args.out}' exists; use --overwrite to replace it")
-    data, output = read_tiff(args.data), read_tiff(args.output)
+    data, output = read_image(args.data), read_image(args.output)
     try:
         cons = check(data.data, output.data, scale=args.scale, threshold=args.threshold)
     except ConsistencyError as exc:

@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..io import ImageFileError, read_tiff
+from ..io import ImageFileError, read_image
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
-        help="describe TIFF files, or this installation when no file is given",
+        help="describe image files (TIFF, DM3/DM4, SER/EMI, EMD), or this installation when no file is given",
         description=(
             "Print shape, dtype, pixel size, value range, NaN count and estimated lattice period of each TIFF. "
             "Without files: versions of the package, torch and napari, and the compute devices found."
         ),
     )
-    p.add_argument("files", nargs="*", type=Path, help="TIFF files to describe")
+    p.add_argument("files", nargs="*", type=Path, help="image files to describe")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     p.set_defaults(func=_cmd_info)
 
@@ -49,7 +49,7 @@ def _environment() -> dict:
 
 
 def _file_info(path: Path) -> dict:
-    img = read_tiff(path)
+    img = read_image(path)
     data = img.data
     finite = np.isfinite(data) if data.dtype.kind == "f" else np.ones(data.shape, bool)
     vals = data[finite]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import expand_tiffs, read_tiff
+from ..io import expand_tiffs, read_image
 from ._common import HelpFormatter, UsageError, stop_on_interrupt
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +86,7 @@ def _read_folder_images(paths: list[Path], what: str) -> tuple[list[np.ndarray],
         raise UsageError(f"no {what} images given")
     images, names = [], []
     for f in files:
-        img = read_tiff(f).data
+        img = read_image(f).data
         images.append(img.astype(np.float32))
         names.append(f.name)
     return images, names
