@@ -493,3 +493,17 @@ def test_a_5d_imagej_hyperstack_round_trips_through_denoise(tmp_path, trained_mo
         assert out.pixel_size == pytest.approx((0.021, 0.019), rel=1e-6), name
     plane = read_tiff(tmp_path / "out" / "hyper_denoised.tif").data[1, 2, 0]
     assert np.corrcoef(plane.ravel(), stack[1, 2, 0].ravel())[0, 1] > 0.5  # each plane denoised in place, not shuffled
+
+
+def test_a_missing_gpu_is_one_clear_message_before_any_work(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    sim = tmp_path / "sim"
+    assert main(["simulate", "-o", str(sim), "--n", "1", "--size", "64"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--mode", "paired", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"), "-o",
+                 str(tmp_path / "run"), "--device", "cuda"]) == 2
+    assert "no CUDA GPU is available" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    assert main(["denoise", str(sim / "noisy" / "sim_0000.tif"), "-o", str(tmp_path / "out"), "--device", "cuda"]) == 2
+    assert "no CUDA GPU is available" in capsys.readouterr().err and not (tmp_path / "out").exists()

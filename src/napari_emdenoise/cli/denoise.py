@@ -79,6 +79,12 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         raise UsageError(f"writing the results to {args.out} would replace the input '{clash}'; choose another -o")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"-o {args.out} is a file, not a folder: name a folder for the results")
+    from ..devices import pick_device
+
+    try:
+        pick_device(args.device)  # a device this machine lacks is said once, before any work
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     try:
         check_period(args.period)
     except ValueError as exc:

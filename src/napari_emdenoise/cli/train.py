@@ -101,6 +101,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..train_report import train_with_report
     from ..train_data import pair_by_name
 
+    from ..devices import pick_device
+
+    try:
+        pick_device(args.device)  # a device this machine lacks is said before any work
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     try:
         resumed = load_run_config(args.out) if args.resume else None
     except TrainingError as exc:
