@@ -266,3 +266,18 @@ def test_a_damaged_microscope_file_gives_one_clear_message(tmp_path):
             read_image(bad)
     with pytest.raises(ImageFileError, match="no such file"):
         read_image(tmp_path / "missing.dm4")
+
+
+def test_write_zarr_keeps_every_pixel_of_unevenly_chunked_arrays(tmp_path):
+    import dask.array as da
+
+    from napari_emdenoise.io import read_lazy, write_zarr
+
+    x = np.random.default_rng(0).random((2000, 64)).astype(np.float32) + 1
+    arr = da.from_array(x, chunks=((20, 10, 34) * 31 + (16,), (64,)))  # blocks that would share zarr chunks
+    path = write_zarr(tmp_path / "w.zarr", arr, pixel_size=0.1)
+    back, size = read_lazy(path)
+    np.testing.assert_array_equal(back.compute(), x)
+    assert size == (0.1, 0.1)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_zarr(path, arr)

@@ -357,16 +357,22 @@ def contrast_skew(plane: np.ndarray) -> float:
 
 def _check_image(image) -> np.ndarray:
     arr = np.asarray(image)
-    if arr.dtype == object or arr.dtype.kind not in "uif":
-        raise TypeError(f"image must be a numeric array (8/16/32-bit integers or floats), got dtype {arr.dtype}")
-    if arr.ndim < 2 or 0 in arr.shape:
-        raise ValueError(f"image must be a non-empty 2D image or a stack of them, got shape {arr.shape}")
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and min(arr.shape[:2]) >= 8:
-        raise ValueError(f"the image has shape {arr.shape}, which looks like RGB(A) colour: denoising needs one channel "
-                         "(for a grey image saved as colour, pass image[..., 0] or image.mean(axis=-1))")
-    if min(arr.shape[-2:]) < 8:
-        raise ValueError(f"image is too small to denoise: {arr.shape[-2:]} px (at least 8x8)")
+    check_image_type(arr.dtype, arr.shape)
     return arr
+
+
+def check_image_type(dtype, shape: tuple[int, ...]) -> None:
+    """A ValueError or TypeError that says what is wrong with an image of this type and shape for denoising."""
+    dtype = np.dtype(dtype)
+    if dtype == object or dtype.kind not in "uif":
+        raise TypeError(f"image must be a numeric array (8/16/32-bit integers or floats), got dtype {dtype}")
+    if len(shape) < 2 or 0 in shape:
+        raise ValueError(f"image must be a non-empty 2D image or a stack of them, got shape {shape}")
+    if len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) >= 8:
+        raise ValueError(f"the image has shape {shape}, which looks like RGB(A) colour: denoising needs one channel "
+                         "(for a grey image saved as colour, pass image[..., 0] or image.mean(axis=-1))")
+    if min(shape[-2:]) < 8:
+        raise ValueError(f"image is too small to denoise: {shape[-2:]} px (at least 8x8)")
 
 
 def iter_denoise(

@@ -10,8 +10,10 @@ Pixel sizes are reported in nanometres when the file's unit is known.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -201,6 +203,18 @@ def _check_magic(path: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def _quiet_tifffile():
+    """tifffile logs each problem of a damaged file as it meets it; the one clear error that follows says it all."""
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def read_tiff(path: str | os.PathLike) -> TiffImage:
     """Read a 2D image or a stack from a TIFF file, with its pixel size and metadata.
 
@@ -217,7 +231,7 @@ def read_tiff(path: str | os.PathLike) -> TiffImage:
     _check_magic(path)
     notes: list[str] = []
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise ImageFileError(f"Cannot open '{path.name}': the TIFF holds no readable image; it is truncated or corrupt. Copy or export the file again.")
             series = tif.series[0]
@@ -549,6 +563,10 @@ def write_zarr(path: str | os.PathLike, data, *, pixel_size: tuple[float, float]
     if path.exists() and not overwrite:
         raise FileExistsError(f"'{path}' exists; pass overwrite=True (CLI: --overwrite) to replace it.")
     arr = data if hasattr(data, "chunks") and not isinstance(data, np.ndarray) else da.from_array(np.asarray(data))
+    # zarr chunks are regular: blocks of uneven size written side by side would share (and overwrite) a zarr chunk
+    arr = arr.rechunk(tuple(max(c) for c in arr.chunks))
+    if pixel_size is not None and np.isscalar(pixel_size):
+        pixel_size = (float(pixel_size), float(pixel_size))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     try:

@@ -101,16 +101,9 @@ def denoise_lazy(arr, model=None, *, tile: int | None = 512, overlap: int = 64, 
     import dask.array as da
     from dask.array.overlap import ensure_minimum_chunksize
 
-    from .inference import DenoiseWarning, INVERTED_SKEW, _check_image, check_period, contrast_skew, model_info, plan_rescale, shared_state
+    from .inference import DenoiseWarning, INVERTED_SKEW, check_image_type, check_period, contrast_skew, model_info, plan_rescale, shared_state
 
-    if arr.dtype == object or arr.dtype.kind not in "uif":
-        raise TypeError(f"image must be a numeric array (8/16/32-bit integers or floats), got dtype {arr.dtype}")
-    if arr.ndim < 2 or 0 in arr.shape:
-        raise ValueError(f"image must be a non-empty 2D image or a stack of them, got shape {arr.shape}")
-    if min(arr.shape[-2:]) < 8:
-        raise ValueError(f"image is too small to denoise: {arr.shape[-2:]} px (at least 8x8)")
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and min(arr.shape[:2]) >= 8:
-        _check_image(np.empty((8, 8, arr.shape[-1]), np.float32))  # the RGB message
+    check_image_type(arr.dtype, tuple(arr.shape))
     period = check_period(period, arr.shape)
     ref = os.fspath(model) if isinstance(model, (str, os.PathLike)) else model
     net = _net(ref)

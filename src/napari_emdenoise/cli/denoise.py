@@ -100,13 +100,14 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                        dtype=args.dtype, check=args.check, overwrite=args.overwrite,
                        model_label=str(args.model or "bundled default"))
     targets = [t for p in args.inputs for t in outputs_for(p, args.out, args.check, is_large(p))]
-    results = []
+    results, jobs = [], None
     try:
         if args.cluster:
             from ..cluster import ClusterError, denoise_files
 
             try:
-                for res in denoise_files(args.cluster, args.inputs, args.out, args.model, opts):
+                jobs = denoise_files(args.cluster, args.inputs, args.out, args.model, opts)
+                for res in jobs:
                     _report(res)
                     results.append(res)
             except ClusterError as exc:
@@ -124,7 +125,10 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                 _report(res)
                 results.append(res)
     except KeyboardInterrupt:
-        done = sum(r.error is None for r in results)
+        if jobs is not None:
+            jobs.close()  # cancels what is left and shuts the workers down before anything is counted or cleaned
+        large = {p: is_large(p) for p in args.inputs}
+        done = sum(all(t.exists() for t in outputs_for(p, args.out, args.check, large[p])) for p in args.inputs)
         print(f"\ninterrupted: {done} of {len(args.inputs)} file(s) complete; no partial output was left (run the same "
               "command again to do the rest)", file=sys.stderr)
         return 130
