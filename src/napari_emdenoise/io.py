@@ -555,8 +555,9 @@ def _zarr_pixel_size(path: Path) -> tuple[float, float] | None:
 
 def write_zarr(path: str | os.PathLike, data, *, pixel_size: tuple[float, float] | None = None, overwrite: bool = False,
                attrs: dict[str, Any] | None = None) -> Path:
-    """Write a (dask) array as a zarr store at ``path``, computing it chunk by chunk. The store appears under its name
-    only when complete (written beside it, then renamed); an existing one is kept unless ``overwrite``."""
+    """Write a (dask) array as an OME-Zarr (0.5, one resolution level) at ``path``, computing it chunk by chunk. The store
+    appears under its name only when complete (written beside it, then renamed); an existing one is kept unless
+    ``overwrite``."""
     import dask.array as da
 
     path = Path(path)
@@ -572,9 +573,20 @@ def write_zarr(path: str | os.PathLike, data, *, pixel_size: tuple[float, float]
     try:
         import zarr
 
-        z = zarr.open_array(str(tmp), mode="w", shape=arr.shape, dtype=arr.dtype,
-                            chunks=tuple(int(c[0]) for c in arr.chunks))
-        z.attrs.update({**(attrs or {}), **({"pixel_size_nm": list(pixel_size)} if pixel_size else {})})
+        # OME-Zarr 0.5 (zarr v3): a group whose one full-resolution level "0" carries the pixel size in nm
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        z = group.create_array("0", shape=arr.shape, dtype=arr.dtype, chunks=tuple(int(c[0]) for c in arr.chunks))
+        names = ["t", "c", "z"][-(arr.ndim - 2):] if 2 < arr.ndim <= 5 else [f"dim_{i}" for i in range(arr.ndim - 2)]
+        axes = [{"name": n, "type": {"t": "time", "c": "channel", "z": "space"}.get(n)} for n in names]
+        axes = [{k: v for k, v in a.items() if v is not None} for a in axes]
+        axes += [{"name": "y", "type": "space", "unit": "nanometer"}, {"name": "x", "type": "space", "unit": "nanometer"}]
+        if pixel_size is None:
+            axes = [{k: v for k, v in a.items() if k != "unit"} for a in axes]
+        scale = [1.0] * (arr.ndim - 2) + [float(v) for v in (pixel_size or (1.0, 1.0))]
+        group.attrs.update({**(attrs or {}), **({"pixel_size_nm": list(pixel_size)} if pixel_size else {}),
+                            "ome": {"version": "0.5", "multiscales": [{
+                                "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": [
+                                    {"type": "scale", "scale": scale}]}]}]}})
         da.store(arr, z, lock=False)
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
