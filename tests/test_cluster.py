@@ -36,7 +36,10 @@ def test_a_local_cluster_of_two_workers_denoises_twenty_files_and_a_rerun_rewrit
                                                                                           capsys):
     out = tmp_path / "out"
     args = ["denoise", *map(str, twenty), "-o", str(out), "--model", str(trained_model), "--tile", "0", "--cluster", "local:2"]
+    threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     assert main(args) == 0, capsys.readouterr().err
+    # the workers' thread limits do not leak into this process (later torch runs and subprocesses would inherit them)
+    assert {k: os.environ.get(k) for k in threads} == threads
     names = sorted(p.name for p in out.iterdir())
     assert names == [f"frame_{i:02d}_denoised.tif" for i in range(20)]
     res = read_tiff(out / "frame_07_denoised.tif")
@@ -53,7 +56,18 @@ def test_a_local_cluster_of_two_workers_denoises_twenty_files_and_a_rerun_rewrit
     assert _mtimes(out) == before
 
 
-def test_a_killed_worker_still_ends_with_all_outputs(tmp_path, twenty, trained_model):
+@pytest.fixture
+def clean_env():
+    """distributed's nannies set the workers' thread limits in this process's environment; later subprocesses (the
+    training crash test) would inherit them and round differently."""
+    from napari_emdenoise.cluster import _restore, _thread_env
+
+    saved = _thread_env()
+    yield
+    _restore(saved)
+
+
+def test_a_killed_worker_still_ends_with_all_outputs(tmp_path, twenty, trained_model, clean_env):
     from distributed import LocalCluster
 
     from napari_emdenoise.cluster import denoise_files

@@ -42,14 +42,34 @@ def client_for(spec: str):
     try:
         if kind == "local":
             threads = max(1, (os.cpu_count() or 1) // value)
-            cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+            saved = _thread_env()
+            try:
+                cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+            finally:  # the nannies set the workers' thread limits in this process's environment too: undo that here
+                _restore(saved)
             client = Client(cluster)
             client._emdenoise_cluster = cluster
+            client._emdenoise_env = saved
             return client
         return Client(value, timeout="20s")
     except OSError as exc:
         raise ClusterError(f"could not reach the dask scheduler at {value}: {exc}") from None
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
+
+def _thread_env() -> dict:
+    return {k: os.environ.get(k) for k in _THREAD_VARS}
+
+
+def _restore(saved: dict) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _set_threads(n: int) -> None:
@@ -101,3 +121,4 @@ def denoise_files(spec: str, inputs: list[Path], out_dir: Path, model, opts) -> 
         client.close()
         if cluster is not None:
             cluster.close()
+            _restore(client._emdenoise_env)
