@@ -23,7 +23,7 @@ def test_denoise_adds_a_layer_with_the_input_shape_and_scale(widget, qtbot):
     sim = simulate(size=(200, 240), period=12, dose=6, dents=1, seed=1)
     viewer.add_image(sim.noisy, name="scan", scale=(0.03, 0.03))
     assert w._image.value.name == "scan"
-    assert "estimated 12" in w._period_label.value
+    qtbot.waitUntil(lambda: "estimated 12" in w._period_label.value, timeout=10_000)  # estimated in a worker
     assert "resnet_6blocks" in w._model_label.value
     assert w._stack.native.isHidden()  # a 2D image has no stack option
     w._tile.value, w._overlap.value = 128, 32

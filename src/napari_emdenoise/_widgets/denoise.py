@@ -89,6 +89,7 @@ class DenoiseWidget(JobWidget):
         self._all = PushButton(text="Denoise all slices", visible=False,
                                tooltip="compute every slice of the lazy result now, in the background, and keep it in memory")
         self._lazy_layer = None  # the lazy result layer that 'Denoise all slices' computes
+        self._period_worker = None  # the period estimate of the chosen layer, running in a thread
         self.extend([
             self._image, self._source, self._file, self._model_label, self._tile, self._overlap, self._device,
             self._rescale, self._period, self._period_label, self._stack, self._invert, self._map, *self.run_controls(),
@@ -139,6 +140,7 @@ class DenoiseWidget(JobWidget):
         from ..lazy import is_dask
 
         layer = self._image.value
+        self._period_worker = None  # an estimate still running for the layer chosen before is ignored
         self._stack.visible = layer is not None and layer.ndim > 2 and not is_dask(layer.data)
         if layer is None:
             self._period_label.value = ""
@@ -146,10 +148,25 @@ class DenoiseWidget(JobWidget):
         if getattr(layer, "rgb", False):
             self._period_label.value = "a colour (RGB) layer: denoising needs a grey image"
             return
-        est = estimate_period(current_plane(self._viewer, layer))
-        self._period_label.value = (
-            f"estimated {est.period:.2f} px" if est.found else "no clear lattice found: will not rescale"
-        )
+        # in a worker: reading a lazy layer's slice and the estimate stay off napari's thread
+        from napari.qt.threading import create_worker
+
+        self._period_label.value = "estimating the lattice period..."
+        worker = create_worker(lambda: estimate_period(current_plane(self._viewer, layer)), _ignore_errors=True)
+        self._period_worker = worker
+
+        def shown(est, worker=worker) -> None:
+            if worker is self._period_worker:  # the answer for the layer still chosen
+                self._period_label.value = (f"estimated {est.period:.2f} px" if est.found
+                                            else "no clear lattice found: will not rescale")
+
+        def failed(exc, worker=worker) -> None:
+            if worker is self._period_worker:
+                self._period_label.value = f"the period could not be estimated: {exc}"
+
+        worker.returned.connect(shown)
+        worker.errored.connect(failed)
+        worker.start()
 
     # ------------------------------------------------------------------ running
     def start(self) -> ClosingWorker | None:
