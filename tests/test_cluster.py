@@ -115,6 +115,8 @@ def test_ctrl_c_leaves_only_complete_outputs(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([sys.executable, "-m", "napari_emdenoise.cli", "denoise", *map(str, twenty), "-o", str(out),
                              "--tile", "0"], env=env,
+                            # a shell's background job inherits SIGINT ignored; a user's terminal delivers it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (out.is_dir() and any(p.suffix == ".tif" for p in out.iterdir())):
