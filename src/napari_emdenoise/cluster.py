@@ -84,7 +84,7 @@ def denoise_files(spec: str, inputs: list[Path], out_dir: Path, model, opts) -> 
     from distributed import as_completed
     from tqdm import tqdm
 
-    from .batch import FileResult, denoise_file, is_large
+    from .batch import FileResult, denoise_file, is_large, outputs_for, remove_partials
     from .inference import DEFAULT_MODEL, resolve_model
 
     client = client_for(spec)
@@ -122,3 +122,5 @@ def denoise_files(spec: str, inputs: list[Path], out_dir: Path, model, opts) -> 
         if cluster is not None:
             cluster.close()
             _restore(client._emdenoise_env)
+        # a worker killed while writing leaves its temporary file; its task ran again elsewhere
+        remove_partials([t for p in inputs for t in outputs_for(Path(p), Path(out_dir), opts.check, is_large(Path(p)))])
