@@ -2,6 +2,7 @@
 
     python benchmarks/inference.py                       # CPU (and CUDA when present), default sizes
     python benchmarks/inference.py --sizes 512 4096 --models resnet9 --devices cuda
+    python benchmarks/inference.py --defaults            # denoise() with every default against the bare network
 
 Each measurement runs in a fresh subprocess so that its peak resident memory (CPU) or
 peak allocated GPU memory (CUDA) is its own. Prints a Markdown table of megapixels per
@@ -86,6 +87,42 @@ def bare_network(net, img, tile: int, device, amp: bool) -> float:
     return batches * n * tile * tile / 1e6 / (time.perf_counter() - t0)
 
 
+def defaults_ratio(size: int, device: str, repeats: int = 3) -> str:
+    """The bundled model on a simulated image: the bare network on the whole normalised image (CPU; batches of tiles on
+    CUDA) against ``denoise(image)`` with every default (period estimate, rescale plan, tiles of 512), best of
+    ``repeats``, in this process. Returns a Markdown row."""
+    import numpy as np
+    import torch
+
+    from napari_emdenoise import denoise
+    from napari_emdenoise.inference import resolve_model
+    from napari_emdenoise.simulate import simulate
+
+    dev = torch.device(device)
+    net = resolve_model(None).to(dev).eval()
+    img = simulate(size=size, period=10, dose=5, seed=1).noisy
+    denoise(img[:256, :256], net, device=device)  # warm-up
+
+    def best(f) -> float:
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            out.append(time.perf_counter() - t0)
+        return min(out)
+
+    if dev.type == "cuda":
+        bare_mps = bare_network(net, img, 512, dev, amp=True)
+    else:
+        x = torch.from_numpy(((img - img.mean()) / img.std()).astype(np.float32))[None, None]
+        with torch.inference_mode():
+            bare_mps = size * size / 1e6 / best(lambda: net(x))
+    full = size * size / 1e6 / best(lambda: denoise(img, net, device=device))
+    return f"| bundled | {device} | {size}² | {bare_mps:.3f} | {full:.3f} | {full / bare_mps:.2f} |"
+
+
 def run_child(model: str, device: str, amp: bool, size: int, tile: int, overlap: int, threads: int | None) -> dict | None:
     cmd = [sys.executable, __file__, "--one", "--models", model, "--devices", device, "--sizes", str(size),
            "--tile", str(tile), "--overlap", str(overlap)] + (["--amp"] if amp else []) + (["--threads", str(threads)] if threads else [])
@@ -109,10 +146,26 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--defaults", action="store_true",
+                   help="instead: the bundled model's denoise() with every default against its bare network, as a ratio")
     args = p.parse_args()
     if args.one:
         args.model, args.device, args.size = args.models[0], args.devices[0], args.sizes[0]
         print(json.dumps(one(args)))
+        return
+    if args.defaults:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+              + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+        print("| model | device | image | bare network MP/s | denoise() with defaults MP/s | ratio |")
+        print("|---|---|---|---|---|---|")
+        for device in devices:
+            for size in args.sizes or ([1024] if device == "cpu" else [4096]):
+                print(defaults_ratio(size, device), flush=True)
         return
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     rows = []

@@ -64,7 +64,7 @@ def estimate_period(image: np.ndarray, min_period: float = MIN_PERIOD, max_perio
         - np.outer(np.ones(h), rx) * (img.mean(axis=0) @ rx) / (rx @ rx)
     if img.std() <= 1e-9 * scale:  # a plane and nothing else
         return PeriodEstimate(None, 0.0, 0.0)
-    low = ndimage.gaussian_filter(img, sigma=max_period / 2, mode="reflect")
+    low = _low_pass(img, max_period / 2)
     win = np.outer(np.hanning(h), np.hanning(w))
     power = np.abs(np.fft.fftshift(np.fft.fft2((img - low) * win))) ** 2
     fy = np.fft.fftshift(np.fft.fftfreq(h))[:, None]
@@ -91,6 +91,21 @@ def estimate_period(image: np.ndarray, min_period: float = MIN_PERIOD, max_perio
     if contrast < MIN_CONTRAST or f == 0:
         return PeriodEstimate(None, contrast, angle)
     return PeriodEstimate(float(1.0 / f), contrast, angle)
+
+
+def _low_pass(img: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian blur of ``sigma`` px (reflected borders), computed on an image block-averaged by up to sigma / 8 and
+    brought back linearly: what is left of the lattice after such a blur is smooth, and a direct blur of 1024^2 at
+    sigma 64 took 0.27 s of the 0.34 s the whole estimate cost."""
+    f = max(1, int(sigma // 8))
+    if f == 1:
+        return ndimage.gaussian_filter(img, sigma=sigma, mode="reflect")
+    h, w = img.shape
+    ph, pw = (-h) % f, (-w) % f
+    padded = np.pad(img, ((0, ph), (0, pw)), mode="reflect") if ph or pw else img
+    small = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f).mean(axis=(1, 3))
+    small = ndimage.gaussian_filter(small, sigma=sigma / f, mode="reflect")
+    return ndimage.zoom(small, f, order=1, mode="nearest", grid_mode=True)[:h, :w]
 
 
 MAX_CANDIDATES = 64  # reflections considered for the columns' own one
