@@ -290,3 +290,16 @@ def test_inverted_contrast_is_noticed_and_denoised_with_invert():
     psnr = lambda o: 10 * np.log10(np.ptp(truth) ** 2 / np.mean((o - truth) ** 2))  # noqa: E731
     assert inverted.mean() == pytest.approx(truth.mean(), rel=0.05)  # the result is turned back: still bright-field
     assert psnr(inverted) >= psnr(plain) + 3.0
+
+
+@pytest.mark.xfail(strict=True, reason="known (issue 13): an image with more tiles than one statistics batch holds (about "
+                                       "1000^2 px on CPU) takes its statistics from a subset of the tiles; measured 26 % "
+                                       "of the range at worst, 1.7 % at the 99.9th percentile, against the whole-image pass")
+def test_a_large_image_tiled_equals_the_whole_image_within_one_percent():
+    from napari_emdenoise.inference import DEFAULT_MODEL
+
+    sim = simulate(size=(1536, 1536), period=14, dose=3, dents=2, dent_depth=0.35, seed=31)
+    net = load_generator(DEFAULT_MODEL)
+    whole = denoise(sim.noisy, net, tile=None, device="cpu", rescale=False)
+    tiled = denoise(sim.noisy, net, tile=512, overlap=64, device="cpu", rescale=False)
+    assert np.abs(tiled - whole).max() <= 0.01 * (whole.max() - whole.min())
