@@ -142,3 +142,16 @@ def test_cancel_leaves_a_manifest_of_exactly_what_was_written(tmp_path, lattice,
     meta = json.loads((tmp_path / "set" / "manifest.json").read_text())
     on_disk = sorted(p.relative_to(tmp_path / "set").as_posix() for p in (tmp_path / "set" / "trainB").iterdir())
     assert not meta["complete"] and sorted(r["file"] for r in meta["files"]) == on_disk and len(on_disk) == 3
+
+
+def test_a_mask_with_nan_pixels_is_refused_before_anything_is_written(tmp_path):
+    from napari_emdenoise.dataset import DatasetError, TargetSpec, Zoom, build_targets
+    from napari_emdenoise.simulate import simulate
+
+    lattice = simulate(size=(256, 256), period=16.0, dents=0, dose=1000.0, seed=0).clean
+    mask = np.ones((64, 64), np.float32)
+    mask[10:20, 10:20] = np.nan
+    with pytest.raises(DatasetError, match="mask 'scan' has 100 NaN or infinite pixel"):
+        build_targets(lattice, {"scan": mask}, TargetSpec(zooms=[Zoom("z", period=12.0)], per_mask=2, lattice_period=16.0),
+                      tmp_path / "set")
+    assert not (tmp_path / "set").exists() or not any((tmp_path / "set").rglob("*.tif"))

@@ -303,3 +303,15 @@ def test_a_large_image_tiled_equals_the_whole_image_within_one_percent():
     whole = denoise(sim.noisy, net, tile=None, device="cpu", rescale=False)
     tiled = denoise(sim.noisy, net, tile=512, overlap=64, device="cpu", rescale=False)
     assert np.abs(tiled - whole).max() <= 0.01 * (whole.max() - whole.min())
+
+
+def test_a_constant_image_comes_back_unchanged_with_a_note():
+    flat = np.full((96, 128), 7.0, np.float32)
+    flat[3, 4] = np.nan
+    with pytest.warns(DenoiseWarning, match="constant .*nothing to denoise"):
+        out = denoise(flat)
+    assert np.isnan(out[3, 4]) and np.all(out[np.isfinite(out)] == 7.0)
+    stack = np.stack([np.full((64, 64), 3, np.uint16), simulate(size=64, period=12, dose=5, seed=1).noisy.astype(np.uint16)])
+    with pytest.warns(DenoiseWarning, match=r"\(plane 0\) is constant"):
+        out = denoise(stack, tile=None)
+    assert np.all(out[0] == 3) and out[1].std() > 0

@@ -147,6 +147,10 @@ def iter_targets(lattice: np.ndarray, masks: dict[str, np.ndarray], spec: Target
     for name, mask in masks.items():
         if mask.ndim != 2:
             raise DatasetError(f"mask '{name}' must be 2D, got shape {mask.shape}")
+        bad = int(np.size(mask) - np.isfinite(mask).sum())
+        if bad:  # a NaN mask would make NaN targets, and training on them NaN losses
+            raise DatasetError(f"mask '{name}' has {bad} NaN or infinite pixel(s) of {np.size(mask)}: masks hold 0 (dent) "
+                               "to 1 (full thickness); make it again with 'emdenoise mask' or the Dent mask widget")
     cell, (py, px) = lattice_cell(rotate_clockwise(np.asarray(lattice, dtype=np.float32), spec.rotate), spec.lattice_period)
     rng = np.random.default_rng(spec.seed)
     for zoom in spec.zooms:

@@ -440,6 +440,15 @@ def iter_denoise(
                 DenoiseWarning, stacklevel=2,
             )
             plane = np.where(finite, plane, fill)
+        finite_plane = plane[np.isfinite(plane)] if plane.dtype.kind == "f" else plane
+        if finite_plane.size and finite_plane.min() == finite_plane.max():  # nothing to denoise: give it back as it is
+            warnings.warn(f"the image{f' (plane {k})' if len(planes) > 1 else ''} is constant ({finite_plane.flat[0]:g}): "
+                          "nothing to denoise, returned as it is", DenoiseWarning, stacklevel=2)
+            y = np.where(finite, plane, np.nan).astype(np.float32) if bad else plane.astype(np.float32)
+            out[k] = -y if invert else y
+            done += len(tile_plans[k])
+            yield Progress(done, total)
+            continue
         x, lo, hi = normalize(plane, info.norm_low, info.norm_high, info.clip)
         if plans[k].scale != 1.0:
             x = resample(x, shapes[k])
