@@ -15,17 +15,7 @@ set -uo pipefail
 out=${1:?usage: gpu_session.sh OUT_DIR [DEADLINE_SECONDS]}
 deadline=${2:-540}
 tail_s=${TAIL:-100}  # seconds kept for step 3
-mkdir -p "$out"
-root=$(cd "$(dirname "$0")/.." && pwd)
-if ls "$root"/.whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$root"/.whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore OMP_NUM_THREADS=4
-bin=$(mktemp -d)
-printf '#!/bin/sh\nexec python3 -m napari_emdenoise.cli "$@"\n' > "$bin/emdenoise" && chmod +x "$bin/emdenoise"
-export PATH="$bin:$PATH"
-stamp() { echo "== $(date +%T) +${SECONDS}s $*"; }
+source "$(dirname "$0")/gpu_env.sh"
 left() { local s=$(( $1 - SECONDS )); echo $(( s > 20 ? s : 20 )); }  # seconds until a deadline, never below 20
 work=${WORK:-$(mktemp -d)}
 device=${DEVICE:-cuda}

@@ -87,6 +87,8 @@ def denoise_files(spec: str, inputs: list[Path], out_dir: Path, model, opts) -> 
     from .batch import FileResult, denoise_file, is_large, outputs_for, remove_partials
     from .inference import DEFAULT_MODEL, resolve_model
 
+    large = {p: is_large(Path(p)) for p in inputs}
+    outputs = [t for p in inputs for t in outputs_for(Path(p), Path(out_dir), opts.check, large[p])]
     client = client_for(spec)
     futures = {}
     try:
@@ -94,8 +96,7 @@ def denoise_files(spec: str, inputs: list[Path], out_dir: Path, model, opts) -> 
         threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if parse(spec)[0] == "local" else None
         if threads:
             client.run(_set_threads, threads)
-        large = [p for p in inputs if is_large(Path(p))]
-        small = [p for p in inputs if p not in large]
+        small = [p for p in inputs if not large[p]]
         if small:
             net = client.scatter(resolve_model(model), broadcast=True)  # each worker receives the model once
         for i, path in enumerate(small):
@@ -103,7 +104,8 @@ def denoise_files(spec: str, inputs: list[Path], out_dir: Path, model, opts) -> 
                                 pure=False)
             futures[fut] = path
         with tqdm(total=len(inputs), desc=f"{len(inputs)} file(s) on {workers} worker(s)", unit="file", disable=None) as bar:
-            for path in large:  # chunk by chunk on the cluster (this client is dask's scheduler here), while the rest run
+            # huge files chunk by chunk on the cluster (this client is dask's scheduler here) while the rest run
+            for path in (p for p in inputs if large[p]):
                 yield denoise_file(path, out_dir, str(model or DEFAULT_MODEL), opts)
                 bar.update(1)
             for fut in as_completed(futures):
@@ -123,4 +125,4 @@ def denoise_files(spec: str, inputs: list[Path], out_dir: Path, model, opts) -> 
             cluster.close()
             _restore(client._emdenoise_env)
         # a worker killed while writing leaves its temporary file; its task ran again elsewhere
-        remove_partials([t for p in inputs for t in outputs_for(Path(p), Path(out_dir), opts.check, is_large(Path(p)))])
+        remove_partials(outputs)

@@ -244,6 +244,11 @@ def _tiled_pass(
         nets.set_norm_mode(net, "instance")
 
 
+def _scaled_shape(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
+    """The 2-D shape an image of ``shape`` is resampled to by ``scale`` (at least 8 px a side)."""
+    return max(8, round(shape[-2] * scale)), max(8, round(shape[-1] * scale))
+
+
 def _plan(shape: tuple[int, int], tile: int | None, overlap: int, align: int) -> list[tiling.Tile]:
     padded = tuple(-(-n // align) * align for n in shape)
     return tiling.plan_tiles(padded, tile, overlap, align=align)
@@ -285,7 +290,7 @@ def shared_state(sample: np.ndarray, net: nn.Module, *, tile: int | None = 512, 
     if not norms:
         return Shared(lo, hi, fill, plan, None)
     if plan.scale != 1.0:
-        x = resample(x, (max(8, round(x.shape[0] * plan.scale)), max(8, round(x.shape[1] * plan.scale))))
+        x = resample(x, _scaled_shape(x.shape, plan.scale))
     align = nets.size_multiple(net)
     x = nets.pad_to_multiple(torch.from_numpy(np.ascontiguousarray(x))[None, None], align)[0][0, 0].numpy()
     tiles = _plan(x.shape, tile, overlap, align)
@@ -324,7 +329,7 @@ def denoise_part(part, net: nn.Module, shared: Shared, *, tile: int | None = 512
             bad = None
         x = normalize_with(plane, shared.lo, shared.hi, info.clip)
         if shared.plan.scale != 1.0:
-            x = resample(x, (max(8, round(x.shape[0] * shared.plan.scale)), max(8, round(x.shape[1] * shared.plan.scale))))
+            x = resample(x, _scaled_shape(x.shape, shared.plan.scale))
         tiles = _plan(x.shape, tile, overlap, align)
         first = tiles[0]
         bs = batch_size or _auto_batch(net, (first.rows.stop - first.rows.start) * (first.cols.stop - first.cols.start), dev,
@@ -412,9 +417,7 @@ def iter_denoise(
         plans.append(plan_rescale(np.where(finite, plane, fill) if bad else plane, info, period, rescale))
         prepared.append((finite if bad else None, bad, fill))
     bs = batch_size
-    shapes = [
-        (max(8, round(p.shape[0] * pl.scale)), max(8, round(p.shape[1] * pl.scale))) for p, pl in zip(planes, plans)
-    ]
+    shapes = [_scaled_shape(p.shape, pl.scale) for p, pl in zip(planes, plans)]
     align = nets.size_multiple(net)
     tile_plans = [_plan(s, tile, overlap, align) for s in shapes]
     total = sum(len(t) for t in tile_plans)
@@ -440,9 +443,8 @@ def iter_denoise(
                 DenoiseWarning, stacklevel=2,
             )
             plane = np.where(finite, plane, fill)
-        finite_plane = plane[np.isfinite(plane)] if plane.dtype.kind == "f" else plane
-        if finite_plane.size and finite_plane.min() == finite_plane.max():  # nothing to denoise: give it back as it is
-            warnings.warn(f"the image{f' (plane {k})' if len(planes) > 1 else ''} is constant ({finite_plane.flat[0]:g}): "
+        if plane.min() == plane.max():  # (non-finite pixels are filled by now) nothing to denoise: give it back as it is
+            warnings.warn(f"the image{f' (plane {k})' if len(planes) > 1 else ''} is constant ({plane.flat[0]:g}): "
                           "nothing to denoise, returned as it is", DenoiseWarning, stacklevel=2)
             y = np.where(finite, plane, np.nan).astype(np.float32) if bad else plane.astype(np.float32)
             out[k] = -y if invert else y

@@ -58,8 +58,7 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
     from ..checkpoints import CheckpointError
-    from ..consistency import ConsistencyError, check
-    from ..inference import check_period, iter_denoise, resolve_model
+    from ..inference import check_period, resolve_model
 
     if args.tile < 0 or 0 < args.tile < 16:
         raise UsageError(f"--tile is the tile side in px (at least 16; 0 for the whole image at once), not {args.tile}")
@@ -99,7 +98,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                        period=args.period, rescale=not args.no_rescale, amp=not args.no_amp, invert=args.invert,
                        dtype=args.dtype, check=args.check, overwrite=args.overwrite,
                        model_label=str(args.model or "bundled default"))
-    targets = [t for p in args.inputs for t in outputs_for(p, args.out, args.check, is_large(p))]
+    outputs = {p: outputs_for(p, args.out, args.check, is_large(p)) for p in args.inputs}
+    targets = [t for ts in outputs.values() for t in ts]
     results, jobs = [], None
     try:
         if args.cluster:
@@ -127,8 +127,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if jobs is not None:
             jobs.close()  # cancels what is left and shuts the workers down before anything is counted or cleaned
-        large = {p: is_large(p) for p in args.inputs}
-        done = sum(all(t.exists() for t in outputs_for(p, args.out, args.check, large[p])) for p in args.inputs)
+        done = sum(all(t.exists() for t in ts) for ts in outputs.values())
         print(f"\ninterrupted: {done} of {len(args.inputs)} file(s) complete; no partial output was left (run the same "
               "command again to do the rest)", file=sys.stderr)
         return 130
@@ -145,14 +144,12 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
 
 def _report(res) -> None:
-    from pathlib import Path as _P
-
     for line in res.lines:
         print(line)
     for note in res.notes:
         print(note, file=sys.stderr)
     if res.error:
-        print(f"{_P(res.source).name}: error: {res.error}", file=sys.stderr)
+        print(f"{Path(res.source).name}: error: {res.error}", file=sys.stderr)
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
