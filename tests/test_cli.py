@@ -387,6 +387,59 @@ def test_ctrl_c_or_sigterm_during_train_saves_a_checkpoint(tmp_path, signame):
         assert len(fh.readlines()) - 1 >= state["iteration"]  # every saved iteration is logged
 
 
+
+def test_ten_interrupts_at_random_moments_then_resume_equal_the_uninterrupted_run(tmp_path):
+    """Ctrl-C or SIGTERM at ten random moments (start-up, training, a checkpoint being written), each followed by
+    --resume: every stop leaves a resumable folder and the end is bit for bit the uninterrupted run."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    sim = tmp_path / "sim"
+    assert main(["simulate", "-o", str(sim), "--n", "2", "--size", "96", "--period", "12", "--dose", "5"]) == 0
+    args = [sys.executable, "-m", "napari_emdenoise.cli", "train", "--noisy", str(sim / "noisy"), "--clean", str(sim / "clean"),
+            "--mode", "paired", "--iters", "1200", "--crop", "32", "--batch-size", "1", "--ngf", "4", "--model", "small",
+            "--consistency", "0", "--checkpoint-every", "100", "--no-report", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(out, resume=False, stop_after=None, sig=signal.SIGINT):
+        proc = subprocess.Popen(args + ["-o", str(out)] + (["--resume"] if resume else []), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        if stop_after is not None:
+            try:
+                proc.wait(timeout=stop_after)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
+
+    assert run(tmp_path / "whole")[0] == 0
+    rnd, out, resume, stops = random.Random(16), tmp_path / "stopped", False, []
+    for _ in range(10):
+        code, err = run(out, resume, stop_after=rnd.uniform(0.3, 4.0), sig=rnd.choice([signal.SIGINT, signal.SIGTERM]))
+        # stopped cleanly (130), or had finished (0; -2/-15 when the signal came as Python was exiting): no traceback
+        assert code in (0, 130, -2, -15) and "Traceback" not in err, err
+        if out.exists():  # a stop before the first iteration leaves no folder; any folder left must resume
+            resume = True
+            state = torch.load(out / "checkpoint.pt", weights_only=True)
+            stops.append(state["iteration"])
+            with open(out / "loss_log.csv") as fh:
+                assert len(fh.readlines()) - 1 == state["iteration"]  # the log ends where the checkpoint does
+    assert run(out, resume)[0] == 0
+    assert len(set(stops)) >= 5  # the stops fell at many different points of the run
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (tmp_path / "whole", out))
+    assert a["iteration"] == b["iteration"] == 1200
+    assert all(torch.equal(a["nets"][n][k], b["nets"][n][k]) for n in a["nets"] for k in a["nets"][n])
+    da, db = load_file(tmp_path / "whole" / "denoiser.safetensors"), load_file(out / "denoiser.safetensors")
+    assert all(torch.equal(da[k], db[k]) for k in da)
+    assert (tmp_path / "whole" / "loss_log.csv").read_text() == (out / "loss_log.csv").read_text()
+
+
 def test_denoise_batch_refuses_clashing_outputs_and_bad_tiles_before_any_work(tmp_path, trained_model, capsys):
     img = simulate(size=64, period=12, seed=0).noisy
     for sub in ("a", "b"):

@@ -86,6 +86,20 @@ def test_stop_saves_and_resume_continues_exactly(tmp_path, data):
         assert [int(r["iteration"]) for r in csv.DictReader(fh)] == list(range(1, 13))
 
 
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tmp_path, data):
+    noisy, _, clean = data
+    cfg = TrainConfig(iterations=6, checkpoint_every=100, **TINY)
+    full = _losses(train(noisy, clean, tmp_path / "full", cfg))
+    gen = train(noisy, clean, tmp_path / "run", cfg)
+    next(gen)
+    gen.close()
+    (tmp_path / "run" / "checkpoint.pt").unlink()  # as if killed (SIGKILL) before anything was saved
+    events = list(train(noisy, clean, tmp_path / "run", resume=True))
+    assert "no checkpoint yet" in events[0].message
+    assert _losses(events[1:]) == full
+
+
 CRASH = textwrap.dedent("""
     import os, sys, numpy as np, torch
     import napari_emdenoise.checkpoints as ck

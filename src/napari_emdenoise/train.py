@@ -147,10 +147,10 @@ def train(
                      period_range=cfg.period_range if not cfg.rescale else None, format=FORMAT,
                      description=f"{cfg.mode} training, {cfg.iterations} iterations, crop {cfg.crop}, seed {cfg.seed}")
     start = 0
-    if resume:
-        if not (run_dir / STATE).is_file():
-            raise TrainingError(f"'{run_dir}' holds no checkpoint to resume from")
+    if resume and (run_dir / STATE).is_file():
         start = model.load_state(torch.load(run_dir / STATE, map_location=device, weights_only=True), rng)
+    elif resume:  # killed before its first checkpoint: the saved settings start again from iteration 0, as first begun
+        yield Event(0, 1, "prepare", f"'{run_dir}' holds no checkpoint yet: starting from iteration 0 with its saved settings")
     else:
         (run_dir / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     preview_src = dom_a.images[0][: min(256, dom_a.images[0].shape[0]), : min(256, dom_a.images[0].shape[1])]
