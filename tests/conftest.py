@@ -20,6 +20,12 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.gui)
 
 
+@pytest.fixture(autouse=True)
+def _own_widget_settings(tmp_path_factory, monkeypatch):
+    """The widgets remember their settings in a file of the test's own, never in the user's."""
+    monkeypatch.setenv("NAPARI_EMDENOISE_SETTINGS", str(tmp_path_factory.mktemp("settings") / "widgets.json"))
+
+
 @pytest.fixture
 def uint16_tiff(tmp_path):
     """A 16-bit image (48x64) with a pixel size of 0.025 nm in ImageJ metadata."""

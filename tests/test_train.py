@@ -384,3 +384,14 @@ def test_the_blind_score_ranks_denoisers_as_their_true_error_does():
     # pixel itself (the lightest blur) scores better than it is; the best and the order of the rest hold
     assert int(np.argmin(blind)) == int(np.argmin(true)) == 1
     assert blind[1:] == sorted(blind[1:]) and true[1:] == sorted(true[1:])
+
+
+def test_seconds_per_iteration_is_measured_for_each_mode():
+    from napari_emdenoise.train import seconds_per_iteration
+
+    small = {m: seconds_per_iteration(TrainConfig(mode=m, **TINY))
+             for m in ("paired", "n2v", "cyclegan")}
+    assert all(0 < s < 5 for s in small.values()), small
+    assert small["cyclegan"] > small["paired"]  # four networks against one
+    with pytest.raises(ValueError, match="steps"):
+        seconds_per_iteration(TrainConfig(**TINY), steps=0)

@@ -23,7 +23,7 @@ def _viewer_with_masks(make_napari_viewer):
     return viewer, w
 
 
-def test_preview_adds_targets_without_writing(make_napari_viewer, tmp_path):
+def test_preview_adds_targets_without_writing(make_napari_viewer, qtbot, tmp_path):
     viewer, w = _viewer_with_masks(make_napari_viewer)
     assert w._lattice.value == SIMULATED
     assert set(w._mask_layers.choices) == {"scan dent mask", "hand mask (edit)"}
@@ -31,10 +31,14 @@ def test_preview_adds_targets_without_writing(make_napari_viewer, tmp_path):
     w._zooms.value = "20MX=16x12, 10MX=8x6"
     w._per_mask.value = 2
     w._preview.clicked.emit(False)  # the button's clicked(False) is not a count: 4 targets, as it says
+    assert w._worker is not None  # computed in a worker: napari stays responsive
+    qtbot.waitUntil(lambda: not w.running, timeout=30_000)
     assert len([ly for ly in viewer.layers if ly.name.startswith("target ")]) == 4
     for name in [ly.name for ly in viewer.layers if ly.name.startswith("target ")]:
         viewer.layers.remove(name)
-    layers = w.preview()
+    with qtbot.waitSignal(w.preview().finished, timeout=30_000):
+        pass
+    layers = w.previews
     assert [layer.name for layer in layers] == [
         "target 20MX_scan_dent_mask_000.tif", "target 20MX_scan_dent_mask_001.tif",
         "target 20MX_hand_mask_edit_000.tif", "target 20MX_hand_mask_edit_001.tif"]

@@ -1,6 +1,8 @@
 """The Train flow in a real viewer: start, progress events, Stop, a checkpoint the Denoise flow loads."""
 
 
+import numpy as np
+
 from napari_emdenoise._widgets.denoise import FILE, DenoiseWidget
 from napari_emdenoise._widgets.train import CYCLEGAN, PAIRED_SIM, TrainWidget
 from napari_emdenoise.io import write_tiff
@@ -109,3 +111,29 @@ def test_self_supervised_from_a_layer_and_fields_follow_the_method(make_napari_v
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
     assert (tmp_path / "run" / "denoiser.safetensors").exists() and "N2V" in w.plot.series
+
+
+def test_a_time_estimate_before_start_and_a_loss_plot_with_axes(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w._mode.value = PAIRED_SIM
+    w._preset.value = "small"
+    w._consistency.value = 0.0
+    w._crop.value = 32
+    w._iters.value = 1000
+    with qtbot.waitSignal(w.update_estimate(force=True).finished, timeout=60_000):
+        pass
+    text = w._estimate.value
+    assert text.startswith("about ") and "for 1000 iterations" in text and "s per iteration, measured here" in text
+    per_it = float(text.split("(")[1].split(" s per")[0])
+    assert 0 < per_it < 10
+    w._iters.value = 50_000  # the same measurement, scaled: no new measuring
+    assert "for 50000 iterations" in w._estimate.value and w.update_estimate(force=True) is None
+    axes = w.plot.plot.getPlotItem()
+    assert axes.getAxis("bottom").labelText == "iteration" and axes.getAxis("left").labelText == "loss"
+    w.plot.add(1, {"L1": 0.5})
+    w.plot.add(2, {"L1": 0.4})
+    w.plot.redraw()
+    xs, ys = w.plot._curves["L1"].getData()
+    assert list(xs) == [1, 2] and np.allclose(ys, [0.5, 0.4]) and "L1" in w.plot.legend.text()

@@ -12,15 +12,16 @@ runs at once. An error ends in one toast that names the flow.
 from __future__ import annotations
 
 import napari
-from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from magicgui.widgets import Label, ProgressBar, PushButton
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
 from ..jobs import Event
+from ._common import Dock
 from ._worker import ClosingWorker
 
 
-class JobWidget(Container):
+class JobWidget(Dock):
     """A flow's controls followed by Run, Cancel, a progress bar and a status line.
 
     Subclasses set ``what`` (the flow's name in messages, e.g. "Denoising") and ``cancelled``
@@ -31,19 +32,25 @@ class JobWidget(Container):
     what = "The job"
     cancelled = "nothing was added."
 
-    def __init__(self, napari_viewer: napari.viewer.Viewer, run_text: str, cancel_text: str = "Cancel"):
-        super().__init__(labels=True)
+    def __init__(self, napari_viewer: napari.viewer.Viewer, run_text: str, cancel_text: str = "Cancel",
+                 run_tip: str = "", cancel_tip: str = "stop at the next safe point; nothing half-made is added"):
+        super().__init__()
         self._viewer = napari_viewer
         self._worker: ClosingWorker | None = None
         self._dock_bar: progress | None = None
         self._returned, self._final_status = False, None
-        self._run = PushButton(text=run_text)
-        self._cancel = PushButton(text=cancel_text, enabled=False)
-        self._progress = ProgressBar(value=0, min=0, max=1, label="progress", visible=False)
+        self._run = PushButton(text=run_text, tooltip=run_tip or run_text)
+        self._cancel = PushButton(text=cancel_text, enabled=False, tooltip=cancel_tip)
+        self._progress = ProgressBar(value=0, min=0, max=1, label="progress", visible=False,
+                                     tooltip="the job's progress; napari's activity dock (bottom right) shows it too")
         self._status = Label(value="", label="")
         self._status.native.setWordWrap(True)
         self._run.clicked.connect(lambda *_: self.start())  # clicked(bool) must not reach start's arguments
         self._cancel.clicked.connect(lambda *_: self.cancel())
+
+    def add_section(self, widgets: list, title: str = "Advanced", before=None):
+        """A folded section of ``widgets``, above the Run button unless told otherwise."""
+        return super().add_section(widgets, title, before=before or self._run)
 
     def run_controls(self) -> list:
         """Run, Cancel, the progress bar and the status line, for the subclass to place under its controls."""

@@ -22,12 +22,38 @@ from ..dataset import (
     parse_zoom,
 )
 from ..io import ImageFileError, list_tiffs, read_tiff
+from ..jobs import Event
 from ..simulate import simulate
 from ._common import chosen_path, geometry
+from ._settings import remember
 from .base import JobWidget
 
 SIMULATED = "simulated lattice"
 PREVIEW = "target "  # name prefix of preview layers
+
+
+def _lattice(source) -> np.ndarray:
+    """The clean lattice: a layer's data, or ``(period, seed)`` of a simulated one (made in the worker)."""
+    if isinstance(source, tuple):
+        period, seed = source
+        return simulate(size=(1024, 1024), period=period, dents=0, dose=1000.0, seed=seed).clean
+    return source
+
+
+def _preview_targets(source, masks, spec, n: int):
+    """The first ``n`` targets, in the worker thread, with an event per target; nothing is written."""
+    lattice = _lattice(source)
+    targets = []
+    for t in iter_targets(lattice, masks, spec):
+        targets.append(t)
+        yield Event(len(targets), n, "preview", f"target {len(targets)} of {n}")
+        if len(targets) >= n:
+            break
+    return targets
+
+
+def _build(source, masks, spec, out, **kwargs):
+    return (yield from iter_build_targets(_lattice(source), masks, spec, out, **kwargs))
 
 
 class DatasetWidget(JobWidget):
@@ -37,24 +63,45 @@ class DatasetWidget(JobWidget):
     cancelled = "the manifest lists the targets written so far."
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__(napari_viewer, "Build")
-        self._lattice = ComboBox(choices=self._lattice_choices, label="clean lattice")
-        self._sim_period = FloatSpinBox(value=16.0, min=3.0, max=100.0, step=0.5, label="simulated period (px)")
-        self._mask_layers = Select(choices=self._mask_choices, label="mask layers")
-        self._mask_dir = FileEdit(mode="d", value="", label="mask folder")
-        self._noisy_layers = Select(choices=self._image_choices, label="noisy (trainA)")
-        self._zooms = LineEdit(value="20MX=36x38", label="zooms", tooltip="LABEL=ACROSSxDOWN atoms, comma separated")
-        self._per_mask = SpinBox(value=20, min=1, max=10_000, label="per mask")
-        self._rotate = ComboBox(choices=[0, 90, 180, 270], value=0, label="rotate (cw)")
-        self._depth = FloatSpinBox(value=0.4, min=0.0, max=0.95, step=0.05, label="dent depth")
-        self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed")
-        self._out = FileEdit(mode="d", value="", label="output folder")
-        self._overwrite = CheckBox(value=False, text="replace an existing set")
-        self._preview = PushButton(text="Preview 4 targets")
+        super().__init__(napari_viewer, "Build", run_tip="write every target (trainB), the noisy frames (trainA) and "
+                                                         "a manifest to the output folder, in the background")
+        self._lattice = ComboBox(choices=self._lattice_choices, label="clean lattice",
+                                 tooltip="the ideal lattice the targets are cut from: an image layer from a physicist's "
+                                         "simulation, or one simulated here")
+        self._sim_period = FloatSpinBox(value=16.0, min=3.0, max=100.0, step=0.5, label="simulated period (px)",
+                                        tooltip="atom-column spacing in pixels of the simulated lattice")
+        self._mask_layers = Select(choices=self._mask_choices, label="mask layers",
+                                   tooltip="dent masks (from the Dent mask dock, or painted Labels): each gives targets "
+                                           "with that dent")
+        self._mask_dir = FileEdit(mode="d", value="", label="mask folder",
+                                  tooltip="a folder of saved mask TIFFs, instead of or as well as the layers")
+        self._noisy_layers = Select(choices=self._image_choices, label="noisy (trainA)",
+                                    tooltip="your noisy frames, copied to trainA for CycleGAN training (optional)")
+        self._zooms = LineEdit(value="20MX=36x38", label="zooms",
+                               tooltip="the magnifications to make, as LABEL=ACROSSxDOWN atom columns in the field of "
+                                       "view, comma separated (e.g. 20MX=36x38, 10MX=72x76)")
+        self._per_mask = SpinBox(value=20, min=1, max=10_000, label="per mask",
+                                 tooltip="targets per mask and zoom, each a different random cut of the lattice")
+        self._rotate = ComboBox(choices=[0, 90, 180, 270], value=0, label="rotate (cw)",
+                                tooltip="turn the lattice clockwise by this angle to match your frames' orientation")
+        self._depth = FloatSpinBox(value=0.4, min=0.0, max=0.95, step=0.05, label="dent depth",
+                                   tooltip="how much darker the deepest part of a dent is (0.4: 40 % less signal)")
+        self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed",
+                             tooltip="the same seed gives the same targets")
+        self._out = FileEdit(mode="d", value="", label="output folder",
+                             tooltip="where the set is written (trainA, trainB, manifest.json)")
+        self._overwrite = CheckBox(value=False, text="replace an existing set",
+                                   tooltip="write over a set already in the output folder")
+        self._preview = PushButton(text="Preview 4 targets",
+                                   tooltip="add the first four targets as layers to look at; nothing is written")
         self.extend([self._lattice, self._sim_period, self._mask_layers, self._mask_dir, self._noisy_layers, self._zooms,
-                     self._per_mask, self._rotate, self._depth, self._seed, self._out, self._overwrite, self._preview,
-                     *self.run_controls()])
+                     self._per_mask, self._out, self._overwrite, self._preview, *self.run_controls()])
+        self.add_section([self._rotate, self._depth, self._seed])
         self._preview.clicked.connect(lambda *_: self.preview())  # clicked(False) must not arrive as the count
+        remember("target set", {"simulated period": self._sim_period, "zooms": self._zooms, "per mask": self._per_mask,
+                                "rotate": self._rotate, "dent depth": self._depth, "seed": self._seed,
+                                "output folder": self._out})
+        self.fit_width()
 
     # ------------------------------------------------------------------ choices (napari calls reset_choices)
     def _image_layers(self):
@@ -76,7 +123,7 @@ class DatasetWidget(JobWidget):
         """Lattice, masks, spec and noisy images from the widgets; raises DatasetError/ValueError."""
         if self._lattice.value == SIMULATED or self._lattice.value is None:
             period = float(self._sim_period.value)
-            lattice = simulate(size=(1024, 1024), period=period, dents=0, dose=1000.0, seed=int(self._seed.value)).clean
+            lattice = (period, int(self._seed.value))  # simulated in the worker
         else:
             lattice, period = np.asarray(self._viewer.layers[self._lattice.value].data), None
         masks = {}
@@ -95,20 +142,26 @@ class DatasetWidget(JobWidget):
         return lattice, masks, spec, noisy
 
     # ------------------------------------------------------------------ actions
-    def preview(self, n: int = 4) -> list:
-        """Add the first ``n`` targets as layers; nothing is written."""
+    def preview(self, n: int = 4):
+        """Add the first ``n`` targets as layers, computed in a worker; nothing is written. Returns the worker."""
+        if self.running:
+            return None
         try:
             lattice, masks, spec, _ = self._inputs()
-            targets = []
-            for t in iter_targets(lattice, masks, spec):
-                targets.append(t)
-                if len(targets) >= n:
-                    break
         except (DatasetError, ImageFileError, ValueError) as exc:
             show_error(str(exc))
-            return []
-        return [self._viewer.add_image(t.image, name=f"{PREVIEW}{t.filename}", **self._pixel_size(t.mask_name))
-                for t in targets]
+            return None
+        self._pending = "preview"
+        self.what, self.cancelled = "Previewing targets", "no layer was added."
+        return self.launch(_preview_targets, lattice, masks, spec, n)
+
+    def _add_previews(self, targets) -> list:
+        layers = []
+        for t in targets:
+            meta = {"mask": t.mask_name, "made_by": "Target set preview", "file": t.filename}
+            layers.append(self._viewer.add_image(t.image, name=f"{PREVIEW}{t.filename}", metadata=meta,
+                                                 **self._pixel_size(t.mask_name)))
+        return layers
 
     def _pixel_size(self, mask_name: str) -> dict:
         """A target has the pixel size of the frames its mask came from: the mask layer's, else the first image's."""
@@ -127,9 +180,15 @@ class DatasetWidget(JobWidget):
             show_error(str(exc))
             return None
         self._target = out
-        return self.launch(iter_build_targets, lattice, masks, spec, out, noisy=noisy,
-                           overwrite=bool(self._overwrite.value))
+        self._pending = "build"
+        self.what, self.cancelled = DatasetWidget.what, DatasetWidget.cancelled
+        return self.launch(_build, lattice, masks, spec, out, noisy=noisy, overwrite=bool(self._overwrite.value))
 
-    def on_result(self, files) -> None:
+    def on_result(self, result) -> None:
+        if self._pending == "preview":
+            self.previews = self._add_previews(result)
+            self._status.value = f"{len(result)} target(s) previewed; nothing was written"
+            return
+        files = result
         self._status.value = f"{len(files)} files written to {self._target}"
         show_info(f"Target set written to {self._target}")

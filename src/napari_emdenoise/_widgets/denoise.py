@@ -22,6 +22,7 @@ from ..consistency import Consistency, ConsistencyError, check
 from ..inference import DEFAULT_MODEL, available_devices, iter_denoise, resolve_model
 from ..lattice import estimate_period
 from ._common import current_plane
+from ._settings import remember
 from ._worker import ClosingWorker
 from .base import JobWidget
 
@@ -62,39 +63,58 @@ class DenoiseWidget(JobWidget):
     cancelled = "no layer was added."
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__(napari_viewer, "Denoise")
+        super().__init__(napari_viewer, "Denoise",
+                         run_tip="denoise the chosen image (its current slice, or the whole stack) and add the result "
+                                 "as '<name> denoised', checked against the data")
         self._model = None  # the loaded generator, cached between runs
         self._model_key: str | None = None
 
-        self._image = create_widget(annotation=napari.layers.Image, label="image")
+        self._image = create_widget(annotation=napari.layers.Image, label="image",
+                                    options={"tooltip": "the noisy ADF/HAADF image layer to denoise"})
         sources = [BUNDLED, FILE] if DEFAULT_MODEL.exists() else [FILE]
-        self._source = ComboBox(choices=sources, value=sources[0], label="model")
-        self._file = FileEdit(mode="r", filter="Checkpoints (*.pth *.safetensors)", label="checkpoint")
+        self._source = ComboBox(choices=sources, value=sources[0], label="model",
+                                tooltip="bundled default: trained on varied simulated specimens (see its model card); "
+                                        "checkpoint file: a model you trained, or a reference CycleGAN *_net_G_A.pth")
+        self._file = FileEdit(mode="r", filter="Checkpoints (*.pth *.safetensors)", label="checkpoint",
+                              tooltip="a denoiser.safetensors from 'Train', or a reference CycleGAN *_net_G_A.pth")
         self._model_label = Label(value="", label="")
-        self._tile = SpinBox(value=512, min=0, max=8192, step=32, label="tile (px)", tooltip="0: whole image in one pass")
-        self._overlap = SpinBox(value=64, min=0, max=1024, step=8, label="overlap (px)")
-        self._device = ComboBox(choices=available_devices(), value="auto", label="device")
-        self._rescale = CheckBox(value=True, text="match the model's scale")
         self._period = FloatSpinBox(value=0.0, min=0.0, max=1000.0, step=0.1, label="period (px)",
-                                    tooltip="lattice period of the image; 0: estimate it")
+                                    tooltip="distance between neighbouring atom columns in pixels; 0: estimated from "
+                                            "the image (shown below)")
         self._period_label = Label(value="", label="")
-        self._stack = CheckBox(value=False, text="whole stack (not only the current slice)")
-        self._invert = CheckBox(value=False, text="invert contrast (bright-field / ABF)",
-                                tooltip="for images whose atom columns are darker than the background: denoised as ADF "
-                                        "contrast, the result turned back")
-        self._map = CheckBox(value=False, text="add consistency map layer",
-                             tooltip="z: data minus output in units of the noise (bwr colormap, ±2 x threshold); "
-                                     "red: the data are brighter (something erased), blue: the output is "
-                                     "brighter (something invented)")
+        self._stack = CheckBox(value=False, text="whole stack",
+                               tooltip="denoise every slice of the stack, not only the one on screen")
+        self._invert = CheckBox(value=False, text="invert contrast (BF / ABF)",
+                                tooltip="for bright-field or ABF images, whose atom columns are darker than the "
+                                        "background: denoised as ADF contrast, then turned back")
+        self._map = CheckBox(value=False, text="add consistency map",
+                             tooltip="a second layer, z = data minus output in units of the noise (bwr colormap, "
+                                     "±2 x threshold): red where the data are brighter (something erased), blue "
+                                     "where the output is brighter (something invented)")
+        self._tile = SpinBox(value=512, min=0, max=8192, step=32, label="tile (px)",
+                             tooltip="the image is denoised in tiles of this size, blended seamlessly; smaller tiles "
+                                     "need less memory; 0: the whole image in one pass")
+        self._overlap = SpinBox(value=64, min=0, max=1024, step=8, label="overlap (px)",
+                                tooltip="how far neighbouring tiles overlap; the blend hides their seams")
+        self._device = ComboBox(choices=available_devices(), value="auto", label="device",
+                                tooltip="auto: the GPU when there is one, else the CPU")
+        self._rescale = CheckBox(value=True, text="match the model's scale",
+                                 tooltip="resample the image to the pixels per atom column the model was trained at "
+                                         "and back, when its period lies outside the model's range")
         self._all = PushButton(text="Denoise all slices", visible=False,
                                tooltip="compute every slice of the lazy result now, in the background, and keep it in memory")
         self._lazy_layer = None  # the lazy result layer that 'Denoise all slices' computes
         self._period_worker = None  # the period estimate of the chosen layer, running in a thread
         self.extend([
-            self._image, self._source, self._file, self._model_label, self._tile, self._overlap, self._device,
-            self._rescale, self._period, self._period_label, self._stack, self._invert, self._map, *self.run_controls(),
-            self._all,
+            self._image, self._source, self._file, self._model_label, self._period, self._period_label, self._stack,
+            self._invert, self._map, *self.run_controls(), self._all,
         ])
+        self.add_section([self._tile, self._overlap, self._device, self._rescale])
+        for label in (self._model_label, self._period_label):
+            label.native.setWordWrap(True)
+        remember("denoise", {"model": self._source, "checkpoint": self._file, "tile": self._tile,
+                             "overlap": self._overlap, "device": self._device, "rescale": self._rescale,
+                             "invert": self._invert, "consistency map": self._map})
         self._all.changed.connect(self.start_all)
         self._file.visible = self._source.value == FILE
         self._source.changed.connect(self._on_source)
@@ -102,6 +122,7 @@ class DenoiseWidget(JobWidget):
         self._image.changed.connect(self._on_image)
         self._on_model_changed()
         self._on_image()
+        self.fit_width()
 
     # ------------------------------------------------------------------ settings
     def _on_source(self, *_):

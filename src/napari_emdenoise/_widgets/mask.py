@@ -21,16 +21,15 @@ import napari
 import numpy as np
 from magicgui.widgets import (
     ComboBox,
-    Container,
     FileEdit,
     FloatSlider,
     Label,
     PushButton,
     Slider,
-    create_widget,
 )
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QMessageBox
 
@@ -45,7 +44,19 @@ from ..masks import (
     mask_region,
     resolve_params,
 )
-from ._common import current_plane, geometry
+from ._common import Dock, current_plane, geometry
+from ._settings import remember
+
+PRESET_TIPS = {
+    "adaptive": "adaptive (recommended): window and blur from the image's own lattice period; the typical specimen "
+                "(the median) is the zero, so only clearly darker regions are marked",
+    "origin": "origin: the original recipe (window 5 px, threshold 128, image minimum to maximum as 0-255); on a "
+              "large image with a small dent it can mark nearly everything",
+    "origin-min": "origin-min: the original recipe, then each pixel takes the lowest value around it (shrinks the "
+                  "mask's edge)",
+    "origin-mean": "origin-mean: the original recipe, then each pixel takes the mean around it (softens the edge)",
+}
+MOST = 90.0  # % of the image: a mask that marks more is almost certainly not one dent
 
 
 def ask(parent, question: str) -> bool:
@@ -54,31 +65,48 @@ def ask(parent, question: str) -> bool:
     return answer == QMessageBox.Yes
 
 
-class MaskWidget(Container):
+class MaskWidget(Dock):
     """Live dent-mask preview with sliders, an editable Labels layer, and Save."""
 
     DEBOUNCE_MS = 150
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
+        super().__init__()
         self._viewer = napari_viewer
         self._busy = False
         self._dirty = False
+        self._bar: progress | None = None
         self._mask: np.ndarray | None = None
         self._params: MaskParams | None = None
-        self._image = create_widget(annotation=napari.layers.Image, label="image")
-        self._preset = ComboBox(choices=sorted(PRESETS), value="adaptive", label="preset")
-        self._window = Slider(value=5, min=1, max=301, label="window (px)", tracking=True)
-        self._threshold = Slider(value=128, min=0, max=255, label="threshold")
-        self._sigma = FloatSlider(value=2.0, min=0.0, max=60.0, step=0.5, label="blur sigma (px)")
-        self._variant = ComboBox(choices=VARIANTS, value="plain", label="variant")
-        self._radius = Slider(value=3, min=1, max=15, label="variant radius")
+        self._image = ComboBox(choices=self._image_choices, label="image",
+                               tooltip="the noisy ADF image whose thinner (darker) regions become the dent mask")
+        self._preset = ComboBox(choices=sorted(PRESETS), value="adaptive", label="preset",
+                                tooltip="\n".join(PRESET_TIPS[k] for k in sorted(PRESETS)))
+        self._window = Slider(value=5, min=1, max=301, label="window (px)", tracking=True,
+                              tooltip="the image is smoothed over this width first, so the mask follows the dent and "
+                                      "not the atom columns (about two lattice periods)")
+        self._threshold = Slider(value=128, min=0, max=255, label="threshold",
+                                 tooltip="on the 0-255 darkness scale, where the dent begins: raise it to mark less")
+        self._sigma = FloatSlider(value=2.0, min=0.0, max=60.0, step=0.5, label="blur sigma (px)",
+                                  tooltip="softness of the mask's edge (a Gaussian blur, in pixels)")
+        self._variant = ComboBox(choices=VARIANTS, value="plain", label="variant",
+                                 tooltip="plain: as computed; min: each pixel takes the lowest value around it (a "
+                                         "tighter edge); mean: the mean around it (a smoother edge)")
+        self._radius = Slider(value=3, min=1, max=15, label="variant radius",
+                              tooltip="how far around each pixel the min or mean variant looks (px)")
         self._status = Label(value="", label="")
-        self._edit = PushButton(text="Make editable (paint with the brush)")
-        self._path = FileEdit(mode="w", value="mask.tif", filter="TIFF (*.tif *.tiff)", label="save to")
-        self._save = PushButton(text="Save mask")
-        self.extend([self._image, self._preset, self._window, self._threshold, self._sigma, self._variant,
-                     self._radius, self._status, self._edit, self._path, self._save])
+        self._status.native.setWordWrap(True)
+        self._edit = PushButton(text="Make editable (paint with the brush)",
+                                tooltip="turn the preview into a Labels layer you can paint and erase with napari's "
+                                        "brush; the sliders then no longer change it")
+        self._path = FileEdit(mode="w", value="mask.tif", filter="TIFF (*.tif *.tiff)", label="save to",
+                              tooltip="the mask TIFF to write (255 inside the dent, 0 elsewhere), for Target set")
+        self._save = PushButton(text="Save mask", tooltip="write the painted mask (or the preview) with the image's "
+                                                          "pixel size")
+        self.extend([self._image, self._preset, self._threshold, self._status, self._edit, self._path, self._save])
+        self.add_section([self._window, self._sigma, self._variant, self._radius], title="Fine tuning",
+                         before=self._status)
+        remember("mask", {"preset": self._preset, "variant": self._variant})
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(self.DEBOUNCE_MS)
@@ -92,8 +120,15 @@ class MaskWidget(Container):
         self._edit.clicked.connect(self.make_editable)
         self._save.clicked.connect(self.save)
         self._apply_preset()
+        self.fit_width()
 
     # ------------------------------------------------------------------ settings
+    def _image_choices(self, *_) -> list:
+        """Grey image layers, without the masks this dock made (a mask of a mask is not a dent mask)."""
+        return [(layer.name, layer) for layer in self._viewer.layers
+                if isinstance(layer, napari.layers.Image) and not getattr(layer, "rgb", False)
+                and not layer.name.endswith((" dent mask", " consistency"))]
+
     def params(self) -> MaskParams:
         return MaskParams(window=int(self._window.value), threshold=float(self._threshold.value),
                           sigma=float(self._sigma.value), variant=self._variant.value, radius=int(self._radius.value),
@@ -144,6 +179,8 @@ class MaskWidget(Container):
             self._dirty = True
             return None
         self._busy, self._dirty = True, False
+        if self._bar is None:  # napari's activity dock shows the preview being computed
+            self._bar = progress(total=0, desc="Dent mask preview")
         params = self.params()
         worker = create_worker(dent_mask, current_plane(self._viewer, layer), params, _start_thread=False)
         worker.returned.connect(lambda mask: self._show_preview(layer, mask, params))
@@ -156,6 +193,9 @@ class MaskWidget(Container):
         self._busy = False
         if self._dirty:
             self.update_preview()
+        elif self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def preview_name(self, layer) -> str:
         return f"{layer.name} dent mask"
@@ -175,6 +215,11 @@ class MaskWidget(Container):
                                    contrast_limits=(0, 255), **geometry(layer))
         area = 100 * float(mask_region(mask, params.threshold).mean())
         self._status.value = f"dent region: {area:.1f}% of the image"
+        if area > MOST:
+            self._status.value += (" - almost all of it: this is not one dent. Raise the threshold, or use the adaptive "
+                                   "preset")
+            show_warning(f"The dent mask of '{layer.name}' marks {area:.1f}% of the image as dent; raise the threshold "
+                         "or use the adaptive preset.")
 
     # ------------------------------------------------------------------ edit and save
     def make_editable(self):
