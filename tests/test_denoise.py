@@ -78,8 +78,34 @@ def test_progress_is_monotonic_and_complete(trained_model, dented_image, two_til
     done = [e.done for e in events]
     assert done == sorted(done) and done[-1] == events[-1].total > 3
     stats = [e for e in events if e.stage == "statistics"]
-    assert len(stats) == 1 and stats[0].done == 2  # the statistics batch's outputs are kept
-    assert sum(1 for e in events if e.stage == "denoise") == int(np.ceil((events[-1].total - 2) / 3))
+    assert stats[-1].done == 2 and all(e.done <= 2 for e in stats)  # the statistics batch's outputs are kept
+    batches = [e for e in events if e.stage == "denoise" and not e.message]  # one per batch; during one, "% of the network"
+    assert len(batches) == int(np.ceil((events[-1].total - 2) / 3))
+
+
+def test_the_statistics_pass_reports_progress_and_cancels_between_layers(trained_model, dented_image, two_tile_statistics,
+                                                                       monkeypatch):
+    import napari_emdenoise.inference as inference
+
+    net = load_generator(trained_model)
+    whole = denoise(dented_image.noisy, net, tile=128, overlap=32)
+    monkeypatch.setattr(inference, "PROGRESS_EVERY_S", 0.0)  # an event at every poll: as a long pass on a big image
+    events = []
+    again = denoise(dented_image.noisy, net, tile=128, overlap=32, progress=events.append)
+    inside = [e for e in events if e.stage == "statistics" and 0 < e.done < 2]
+    assert inside and "% of the network" in inside[0].message  # the bar moves during the one long pass
+    assert np.array_equal(again, whole)
+    stop = threading.Event()
+
+    def on_progress(p):
+        if p.stage == "statistics":
+            stop.set()  # Cancel pressed while the statistics pass runs
+
+    with pytest.raises(Cancelled):
+        denoise(dented_image.noisy, net, tile=128, overlap=32, progress=on_progress, cancel=stop)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())  # nothing left behind
+    assert all(m.mode == "instance" for m in tile_norms(net))
+    assert np.array_equal(denoise(dented_image.noisy, net, tile=128, overlap=32), whole)
 
 
 def test_cancel_stops_within_a_batch_and_leaves_the_model_clean(trained_model, dented_image, two_tile_statistics):

@@ -30,7 +30,7 @@ def test_start_progress_stop_then_denoise_with_the_checkpoint(make_napari_viewer
     viewer, w, worker, events = _start_long_paired_run(make_napari_viewer, tmp_path)
     qtbot.waitUntil(lambda: len(events) >= 3, timeout=60_000)
     assert [e.iteration for e in events[:3]] == [1, 2, 3]
-    assert w._progress.value >= 3 and "iteration" in w._status.value
+    assert w._progress.visible and "iteration" in w._status.value
     assert "L1" in w.plot.series and "training preview" in viewer.layers
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         w.stop()

@@ -177,6 +177,73 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 # --------------------------------------------------------------------------- the tiled pass
+def _pass_with_progress(net: nn.Module, run: Callable[[], torch.Tensor], done: float, span: int, total: int, stage: str,
+                        what: str) -> Generator[Progress, None, torch.Tensor]:
+    """One forward pass (``run()``) of ``span`` tiles after ``done``: a :class:`Progress` every
+    :data:`PROGRESS_EVERY_S` while it runs, so a long pass moves the bar and can be cancelled; returns its output."""
+    steps = _layer_progress(net, run)
+    try:
+        while True:
+            try:
+                frac = next(steps)
+            except StopIteration as finished:
+                return finished.value
+            yield Progress(done + span * frac, total, stage, f"{what}: {100 * frac:.0f} % of the network")
+    finally:  # cancelled: the pass ends (at its next layer) before the caller resets the network
+        steps.close()
+
+
+class _Stop(Exception):
+    """Raised inside a forward pass (by a layer hook) to end it at the next layer."""
+
+
+PROGRESS_EVERY_S = 0.25  # the longest a single pass goes without a progress event
+
+
+def _layer_progress(net: nn.Module, run: Callable[[], torch.Tensor], every_s: float | None = None):
+    """Run ``run()`` (one forward pass of ``net``) in a thread; yield the fraction of ``net``'s convolutions done every
+    ``every_s`` seconds while it runs; return its result. Closing the generator stops the pass at its next layer."""
+    every_s = PROGRESS_EVERY_S if every_s is None else every_s
+    convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    state = {"done": 0, "stop": False, "thread": None}
+
+    def before(module, args):
+        if state["stop"] and threading.get_ident() == state["thread"]:
+            raise _Stop
+
+    def after(module, args, output):
+        if threading.get_ident() == state["thread"]:  # a pass of the same network in another thread is not ours
+            state["done"] += 1
+
+    result: dict = {}
+
+    def target():
+        state["thread"] = threading.get_ident()
+        try:
+            result["value"] = run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            result["error"] = exc
+
+    hooks = [m.register_forward_pre_hook(before) for m in convs] + [m.register_forward_hook(after) for m in convs]
+    thread = threading.Thread(target=target, name="emdenoise-statistics", daemon=True)
+    try:
+        thread.start()
+        while True:
+            thread.join(every_s)
+            if not thread.is_alive():
+                break
+            yield min(0.99, state["done"] / max(1, len(convs)))
+    finally:  # also when closed at a yield (Cancel): the pass stops at its next layer before the hooks go
+        if thread.is_alive():
+            state["stop"] = True
+            thread.join()
+        for h in hooks:
+            h.remove()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
 def _tiled_pass(
     net: nn.Module, x: np.ndarray, tiles: list[tiling.Tile], batch_size: int, device: torch.device,
     amp: bool, progress_offset: int, progress_total: int, stats: list | None = None,
@@ -214,18 +281,31 @@ def _tiled_pass(
             # whole-image statistics from one joint batch; its outputs are final, so they count as done
             cal = tiling.calibration_tiles(tiles, _calibration_budget(net, device))
             mask = torch.from_numpy(np.stack([t.core_mask() for t in cal])[:, None]).to(device)
-            with autocast:
-                blend(cal, nets.record_statistics(net, to_batch(cal), mask))
-            del mask
+            batch = to_batch(cal)
+
+            def joint():
+                with autocast:
+                    return nets.record_statistics(net, batch, mask)
+
+            # one long forward pass: its progress (layers done) every quarter second, so the bar moves and Cancel works
+            y = yield from _pass_with_progress(net, joint, progress_offset, len(cal), progress_total, "statistics",
+                                               "whole-image statistics")
+            blend(cal, y)
+            del mask, batch, y
             done_ids = {id(t) for t in cal}
             todo = [t for t in tiles if id(t) not in done_ids]
             yield Progress(progress_offset + len(cal), progress_total, "statistics")
         i, bs = 0, batch_size
         while i < len(todo):
             group = todo[i : i + bs]
-            try:
+
+            def forward(group=group):
                 with torch.no_grad(), autocast:
-                    y = net(to_batch(group))
+                    return net(to_batch(group))
+
+            try:
+                y = yield from _pass_with_progress(net, forward, progress_offset + len(tiles) - len(todo) + i, len(group),
+                                                   progress_total, "denoise", "tiles")
             except RuntimeError as exc:
                 if not _is_oom(exc):
                     raise

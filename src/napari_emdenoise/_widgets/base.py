@@ -30,6 +30,7 @@ class JobWidget(Dock):
     """
 
     what = "The job"
+    STEPS = 1000  # the bars' resolution
     cancelled = "nothing was added."
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, run_text: str, cancel_text: str = "Cancel",
@@ -104,19 +105,18 @@ class JobWidget(Dock):
     def _event(self, event: Event) -> None:
         if self._returned:
             return
-        total = max(int(event.total), 1)
-        self._progress.max = total
-        self._progress.value = min(int(event.done), total)
+        total = max(float(event.total), 1.0)
+        done = min(float(event.done), total)
+        self._progress.max = self.STEPS  # fine steps: a long first stage (whole-image statistics) moves the bar too
+        self._progress.value = round(self.STEPS * done / total)
         if event.message:
             self._status.value = event.message
         self.on_event(event)
         # last: napari's progress may process pending Qt events (the result, the finish) before it returns
         if self._dock_bar is None:
-            self._dock_bar = progress(total=total, desc=self.what)
+            self._dock_bar = progress(total=self.STEPS, desc=self.what)
         bar = self._dock_bar
-        if bar.total != total:
-            bar.total = total
-        bar.update(min(int(event.done), total) - bar.n)
+        bar.update(round(self.STEPS * done / total) - bar.n)
 
     def _finished(self) -> None:
         if self._final_status is not None:  # what the result said stays, whatever arrived in between

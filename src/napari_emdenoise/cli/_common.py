@@ -71,7 +71,7 @@ def run_job(job: Job, desc: str, unit: str, should_stop=None, on_event=None):
 
     with tqdm(desc=desc, unit=unit, disable=None, leave=False) as bar:
         def show(event) -> None:
-            bar.total, bar.n = event.total, event.done
+            bar.total, bar.n = event.total, int(event.done)  # whole steps; a step under way shows as its message
             bar.refresh()
             if on_event is not None:
                 on_event(event)

@@ -118,7 +118,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
             for path in args.inputs:
                 with tqdm(desc=path.name, unit="tile", disable=None, leave=False) as bar:
                     def show(event, bar=bar) -> None:
-                        bar.total, bar.n = event.total, event.done
+                        bar.total, bar.n = event.total, int(event.done)
                         bar.refresh()
 
                     res = denoise_file(path, args.out, net, opts, progress=show)
