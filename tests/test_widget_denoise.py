@@ -122,6 +122,9 @@ def test_current_slice_of_a_stack(widget, qtbot):
     out = viewer.layers["series denoised"]
     assert out.data.shape == (96, 96)
     assert tuple(out.scale) == pytest.approx((0.05, 0.05))
+    # how it was made: the source, its slice, the model and the settings
+    assert out.metadata["source_layer"] == "series" and out.metadata["source_slice"] == (2,)
+    assert out.metadata["settings"]["tile"] == 512 and out.metadata["model"].endswith(".safetensors")
     w._stack.value = True
     worker = w.start()
     with qtbot.waitSignal(worker.finished, timeout=60_000):

@@ -213,16 +213,18 @@ class DenoiseWidget(JobWidget):
         kwargs = dict(tile=self._tile.value or None, overlap=self._overlap.value, device=self._device.value,
                       period=self._period.value or None, rescale=self._rescale.value, invert=self._invert.value)
         if is_dask(layer.data):  # lazy: the result is computed per slice as the user browses
-            index = ()
-            if layer.ndim > 2:
-                index = layer.world_to_data(self._viewer.dims.point)[: layer.ndim - 2]
-                index = tuple(int(np.clip(round(i), 0, n - 1)) for i, n in zip(index, layer.data.shape))
-            self._pending = ("lazy", self._layer_meta(layer, layer.ndim), index)
+            index = self._slice_index(layer) if layer.ndim > 2 else ()
+            meta = self._layer_meta(layer, layer.ndim)
+            meta["metadata"]["settings"] = kwargs
+            self._pending = ("lazy", meta, index)
             self._status.value = ""
             return self.launch(_denoise_lazy, layer.data, self._model, index, **kwargs)
         whole_stack = layer.ndim > 2 and self._stack.value
         data = np.asarray(layer.data) if (layer.ndim == 2 or whole_stack) else current_plane(self._viewer, layer)
         meta = self._layer_meta(layer, data.ndim)
+        meta["metadata"]["settings"] = kwargs
+        if layer.ndim > 2 and not whole_stack:
+            meta["metadata"]["source_slice"] = self._slice_index(layer)
         self._pending = ("memory", meta, f"{layer.name} consistency" if self._map.value else None)
         self._status.value = ""
         return self.launch(_denoise_and_check, data, self._model, **kwargs)
@@ -240,6 +242,11 @@ class DenoiseWidget(JobWidget):
         self._pending = ("all", layer)
         self._status.value = ""
         return self.launch(iter_compute, layer.data)
+
+    def _slice_index(self, layer) -> tuple[int, ...]:
+        """The index of the slice of ``layer`` on screen (its leading axes)."""
+        index = layer.world_to_data(self._viewer.dims.point)[: layer.ndim - 2]
+        return tuple(int(np.clip(round(i), 0, n - 1)) for i, n in zip(index, layer.data.shape))
 
     def _layer_meta(self, layer, ndim_out: int) -> dict:
         meta = {
