@@ -281,3 +281,15 @@ def test_write_zarr_keeps_every_pixel_of_unevenly_chunked_arrays(tmp_path):
     assert size == (0.1, 0.1)
     with pytest.raises(FileExistsError, match="overwrite"):
         write_zarr(path, arr)
+
+
+def test_without_the_optional_readers_a_dm3_file_says_how_to_get_them(tmp_path, monkeypatch):
+    import sys
+
+    from napari_emdenoise.io import ImageFileError, read_image
+
+    path = tmp_path / "scan.dm3"
+    path.write_bytes(b"\x00" * 64)
+    monkeypatch.setitem(sys.modules, "rsciio.digitalmicrograph", None)  # as if rosettasciio were not installed
+    with pytest.raises(ImageFileError, match=r"napari-emdenoise\[formats\]"):
+        read_image(path)

@@ -644,9 +644,9 @@ def read_em(path: str | os.PathLike) -> TiffImage:
 
         reader = importlib.import_module(f"rsciio.{plugin}").file_reader
     except ImportError as exc:
-        need = "rosettasciio and h5py" if plugin == "emd" else "rosettasciio"
-        raise ImageFileError(f"Cannot open '{path.name}': reading {path.suffix} files needs {need} "
-                             f"(pip install rosettasciio h5py); the import said: {exc}") from None
+        raise ImageFileError(f"Cannot open '{path.name}': reading {path.suffix} files needs the optional readers "
+                             "(GPL-3 rosettasciio, kept out of the BSD core): pip install 'napari-emdenoise[formats]'. "
+                             f"The import said: {exc}") from None
     try:
         signals = reader(str(path))
     except Exception as exc:  # noqa: BLE001 - the readers raise many kinds for damaged or foreign files
