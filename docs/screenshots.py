@@ -2,18 +2,26 @@
 
     xvfb-run -a python docs/screenshots.py
 
-Writes PNGs to docs/images/. Each screenshot shows what a user sees after one flow.
+    xvfb-run -a python docs/screenshots.py train     # one shot (or several), by function name
+
+Writes PNGs to docs/images/. Each screenshot shows what a user sees after one flow, with the
+docks' default settings: the settings the docks remember between sessions go to a temporary
+file here, so neither the user's stored settings reach the pictures nor the other way round.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import napari
 from qtpy.QtWidgets import QApplication
 
 HERE = Path(__file__).parent / "images"
+# before any dock is made: the docks' remembered settings (napari_emdenoise._widgets._settings.ENV) stay out of the shots
+os.environ["NAPARI_EMDENOISE_SETTINGS"] = str(Path(tempfile.mkdtemp(prefix="emdenoise-shots-")) / "widgets.json")
 
 
 def _settle(viewer: napari.Viewer) -> None:
@@ -24,15 +32,47 @@ def _settle(viewer: napari.Viewer) -> None:
     QApplication.processEvents()
 
 
+def _close(viewer: napari.Viewer) -> None:
+    """Close the window, then wait for the docks' workers: closing removes the layers, which may start one (the Denoise
+    dock estimates the period of the image it now shows), and a worker still running as Python exits aborts it."""
+    from napari.qt.threading import WorkerBase
+
+    viewer.close()
+    QApplication.processEvents()
+    WorkerBase.await_workers(msecs=120_000)
+
+
+def _fit_docks(viewer: napari.Viewer, *docks) -> None:
+    """Docks stacked in one area: each but the last as tall as its controls, the last gets the rest (Qt would share the
+    height out by the docks' size hints, squashing the last one)."""
+    from qtpy.QtCore import Qt
+
+    QApplication.processEvents()
+    heights = [dock.titleBarWidget().sizeHint().height() + dock.widget().widget().sizeHint().height() + 8
+               for dock in docks[:-1]]
+    total = sum(dock.height() for dock in docks)
+    viewer.window._qt_window.resizeDocks(list(docks), [*heights, max(total - sum(heights), 100)], Qt.Vertical)
+    QApplication.processEvents()
+
+
+def _widen_layer_list(viewer: napari.Viewer, width: int) -> None:
+    """A layer list wide enough for the layers' full names (napari elides the middle of a long one)."""
+    from qtpy.QtCore import Qt
+
+    qt = viewer.window._qt_viewer
+    viewer.window._qt_window.resizeDocks([qt.dockLayerList, qt.dockLayerControls], [width, width], Qt.Horizontal)
+    QApplication.processEvents()
+
+
 def samples() -> None:
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1100, 640)
     viewer.open_sample("napari-emdenoise", "noisy_dented")
     viewer.open_sample("napari-emdenoise", "clean_lattice")
-    viewer.grid.enabled = True
+    viewer.canvas.grid.enabled = True
     _settle(viewer)
     viewer.screenshot(str(HERE / "samples.png"), canvas_only=False)
-    viewer.close()
+    _close(viewer)
 
 
 def denoise() -> None:
@@ -44,23 +84,24 @@ def denoise() -> None:
     viewer.window.resize(1400, 820)
     viewer.open_sample("napari-emdenoise", "noisy_with_truth")
     widget = DenoiseWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Denoise", area="right")
+    denoise_dock = viewer.window.add_dock_widget(widget, name="Denoise", area="right")
     worker = widget.start()  # the bundled default model
     _wait(lambda: worker is None or widget._worker is None, 120)
     _wait(lambda: "noisy dented denoised" in viewer.layers, 10)
     scores = ScoreWidget(viewer)
-    viewer.window.add_dock_widget(scores, name="Scores", area="right")
+    scores_dock = viewer.window.add_dock_widget(scores, name="Scores", area="right")
     scores._reference.value = viewer.layers["noisy dented truth"]
     scores._dent.value = "noisy dented dent map"
     scores.start()
     _wait(lambda: scores._run.enabled, 60)
     viewer.layers.move(viewer.layers.index("noisy dented"), len(viewer.layers) - 2)  # input left of the result
-    viewer.grid.enabled = True
+    viewer.canvas.grid.enabled = True
+    _fit_docks(viewer, denoise_dock, scores_dock)
     _settle(viewer)
     viewer.camera.zoom *= 2.0  # the facing halves of input (left) and result (right), at full detail
     QApplication.processEvents()
     viewer.screenshot(str(HERE / "denoise.png"), canvas_only=False)
-    viewer.close()
+    _close(viewer)
 
 
 def consistency() -> None:
@@ -76,13 +117,14 @@ def consistency() -> None:
     widget.start()
     _wait(lambda: "SrTiO3 with vacancies consistency" in viewer.layers, 180)
     _wait(lambda: widget._worker is None, 10)
-    viewer.grid.enabled = True
-    viewer.grid.shape = (1, 3)
+    viewer.canvas.grid.enabled = True
+    viewer.canvas.grid.shape = (1, 3)
+    _widen_layer_list(viewer, 380)
     _settle(viewer)
     viewer.camera.zoom *= 2.5  # the middle of each panel at full detail
     QApplication.processEvents()
     viewer.screenshot(str(HERE / "consistency.png"), canvas_only=False)
-    viewer.close()
+    _close(viewer)
 
 
 def _wait(condition, timeout_s: float = 60.0) -> None:
@@ -106,7 +148,7 @@ def mask() -> None:
     widget.make_editable()
     _settle(viewer)
     viewer.screenshot(str(HERE / "mask.png"), canvas_only=False)
-    viewer.close()
+    _close(viewer)
 
 
 def targets() -> None:
@@ -114,26 +156,35 @@ def targets() -> None:
     from napari_emdenoise.masks import dent_mask
 
     viewer = napari.Viewer(show=True)
-    viewer.window.resize(1280, 720)
+    viewer.window.resize(1600, 960)  # the dock's two layer lists take room: Build and the status line stay in view
     viewer.open_sample("napari-emdenoise", "noisy_dented")
-    viewer.add_image(dent_mask(viewer.layers["noisy dented"].data), name="noisy dented dent mask", visible=False)
+    noisy = viewer.layers["noisy dented"]
+    # as the Dent mask dock makes it: the image's pixel size and units (else napari warns of mixed units)
+    viewer.add_image(dent_mask(noisy.data), name="noisy dented dent mask", visible=False, scale=noisy.scale,
+                     units=noisy.units)
     widget = DatasetWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Target set", area="right")
     widget.reset_choices()
     widget._mask_layers.value = ["noisy dented dent mask"]
-    widget._zooms.value = "20MX=32x32, 10MX=16x16"
+    widget._zooms.value = "20MX=16x16, 10MX=32x32"  # the lower magnification, the more columns
     widget._per_mask.value = 2
     viewer.layers["noisy dented"].visible = False
-    widget.preview()
-    viewer.grid.enabled = True
+    worker = widget.preview()  # in a worker: the targets become layers when it finishes
+    if worker is None:
+        raise RuntimeError("the Target set dock did not start its preview (see the notification above)")
+    _wait(lambda: not widget.running, 120)
+    if not any(layer.name.startswith("target ") for layer in viewer.layers):
+        raise RuntimeError(f"no preview targets were added: {widget._status.value}")
+    viewer.canvas.grid.enabled = True
+    _widen_layer_list(viewer, 470)  # the targets' full file names
     _settle(viewer)
     viewer.screenshot(str(HERE / "targets.png"), canvas_only=False)
-    viewer.close()
+    _close(viewer)
 
 
 def train() -> None:
-    import tempfile
-
+    """A short paired run on simulated pairs, paused: the measured time estimate, the progress line, the loss curves with
+    their axes and legend, and the live preview layer."""
     from napari_emdenoise._widgets.train import PAIRED_SIM, TrainWidget
 
     viewer = napari.Viewer(show=True)
@@ -143,16 +194,25 @@ def train() -> None:
     widget._mode.value = PAIRED_SIM
     widget._iters.value = 2000
     widget._out.value = Path(tempfile.mkdtemp()) / "run"
-    events = []
+    _settle(viewer)
+    # the estimate a user reads before Start: measured in a worker (its text lands in the label under "iterations")
+    estimate = widget.update_estimate(force=True)
+    _wait(lambda: estimate is None or widget._estimate_worker is None, timeout_s=300)
+    _wait(lambda: widget._estimate.value.startswith("about"), timeout_s=10)
+    if not widget._estimate.value.startswith("about"):
+        raise RuntimeError(f"no time estimate: {widget._estimate.value!r}")
     worker = widget.start()
-    worker.yielded.connect(events.append)
-    _wait(lambda: len(events) >= 120, timeout_s=600)
-    widget.toggle_pause()
+    if worker is None:
+        raise RuntimeError("the Train dock did not start (see the notification above)")
+    _wait(lambda: len(widget.plot.iterations) >= 120 or widget._worker is None, timeout_s=600)
+    widget.toggle_pause()  # it pauses after the current iteration
+    _wait(lambda: worker.is_paused, timeout_s=60)
+    widget.plot.redraw()  # the last iterations too (the plot redraws at most four times a second)
     _settle(viewer)
     viewer.screenshot(str(HERE / "train.png"), canvas_only=False)
     widget.stop()
     _wait(lambda: widget._worker is None, timeout_s=120)
-    viewer.close()
+    _close(viewer)
 
 
 SHOTS = {"samples": samples, "denoise": denoise, "consistency": consistency, "mask": mask, "targets": targets, "train": train}

@@ -153,7 +153,11 @@ def infer_config(sd: dict[str, torch.Tensor], path: str = "checkpoint") -> Gener
 
 
 def _build_and_load(sd: dict[str, torch.Tensor], cfg: GeneratorConfig, name: str) -> nn.Module:
-    net = build_generator(cfg)
+    try:
+        net = build_generator(cfg)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"'{name}': its metadata names an architecture this plugin cannot build ({exc}); "
+                              "re-export the model, or load its weights as a reference .pth") from None
     expected = net.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -181,7 +185,8 @@ def _build_and_load(sd: dict[str, torch.Tensor], cfg: GeneratorConfig, name: str
 # --------------------------------------------------------------------------- reading
 def _read_reference(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as fh:  # a file object: torch.load would hand a path named *.safetensors to safetensors
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"'{path.name}' was refused: it is a pickle that would run code or create objects other than "
@@ -257,6 +262,9 @@ def load_checkpoint(path: str | os.PathLike, config: GeneratorConfig | None = No
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise CheckpointError(f"'{path.name}': its metadata is damaged ({exc}); re-export the model.") from exc
+    if not 0 <= info.norm_low < info.norm_high <= 100:
+        raise CheckpointError(f"'{path.name}': its metadata is damaged (normalisation percentiles {info.norm_low:g} and "
+                              f"{info.norm_high:g}; they must satisfy 0 <= low < high <= 100); re-export the model.")
     return _build_and_load(sd, info.config, path.name), info
 
 

@@ -50,14 +50,22 @@ class Zoom:
         return shape[1] / self.period, shape[0] / self.period
 
 
+MAX_ATOMS = 1000  # per side of a target: 1000 columns at a 16 px period tile a 16000^2 px lattice (1 GiB)
+
+
 def parse_zoom(text: str) -> Zoom:
     """'20MX=36x38' (atoms across x down) or '20MX=12.5px' (period in px) or '20MX=example.tif'."""
     if "=" not in text:
         raise DatasetError(f"zoom must look like 20MX=36x38, 20MX=12.5px or 20MX=example.tif; got {text!r}")
     label, value = (s.strip() for s in text.split("=", 1))
     if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*[xX]\s*(\d+(?:\.\d+)?)", value):
-        return Zoom(label, atoms=(float(m.group(1)), float(m.group(2))))
+        atoms = (float(m.group(1)), float(m.group(2)))
+        if not all(1 <= a <= MAX_ATOMS for a in atoms):
+            raise DatasetError(f"zoom {label}: the atoms across and down must each be 1 to {MAX_ATOMS}, got {value!r}")
+        return Zoom(label, atoms=atoms)
     if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*px", value):
+        if not 2 <= float(m.group(1)) <= 1000:
+            raise DatasetError(f"zoom {label}: the period must be 2 to 1000 px, got {value!r}")
         return Zoom(label, period=float(m.group(1)))
     path = Path(value)
     if is_tiff_path(path):

@@ -216,6 +216,7 @@ def _layer_progress(net: nn.Module, run: Callable[[], torch.Tensor], every_s: fl
             state["done"] += 1
 
     result: dict = {}
+    finished = threading.Event()  # not Thread.join: a Ctrl-C inside join can mark a running thread stopped (Python < 3.13)
 
     def target():
         state["thread"] = threading.get_ident()
@@ -223,20 +224,19 @@ def _layer_progress(net: nn.Module, run: Callable[[], torch.Tensor], every_s: fl
             result["value"] = run()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             result["error"] = exc
+        finally:
+            finished.set()
 
     hooks = [m.register_forward_pre_hook(before) for m in convs] + [m.register_forward_hook(after) for m in convs]
     thread = threading.Thread(target=target, name="emdenoise-statistics", daemon=True)
     try:
         thread.start()
-        while True:
-            thread.join(every_s)
-            if not thread.is_alive():
-                break
+        while not finished.wait(every_s):
             yield min(0.99, state["done"] / max(1, len(convs)))
-    finally:  # also when closed at a yield (Cancel): the pass stops at its next layer before the hooks go
-        if thread.is_alive():
+    finally:  # also when closed at a yield (Cancel) or on Ctrl-C: the pass stops at its next layer, then the hooks go
+        if not finished.is_set():
             state["stop"] = True
-            thread.join()
+            finished.wait()
         for h in hooks:
             h.remove()
     if "error" in result:
@@ -482,6 +482,9 @@ def iter_denoise(
         arr = -arr.astype(np.float32)
     period = check_period(period, arr.shape)
     net = resolve_model(model)
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"batch_size is the number of tiles per batch (at least 1; None: chosen for the memory), not "
+                         f"{batch_size!r}")
     info = model_info(net)
     dev = pick_device(device)
     net = net.to(dev).eval()
@@ -599,3 +602,5 @@ def denoise(
         return drive(gen, progress, _as_cancel(cancel))
     except Stopped:
         raise Cancelled("denoising was cancelled") from None
+    finally:  # also on Ctrl-C between two events: a forward pass still running in its thread stops and is waited for
+        gen.close()

@@ -148,7 +148,18 @@ def _pixel_size_from_ome(xml: str) -> tuple[tuple[float, float], str] | None:
 
 
 def _pixel_size(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> tuple[tuple[float, float] | None, str]:
-    """Pixel size (y, x) in nm and where it came from."""
+    """Pixel size (y, x) in nm and where it came from; a zero, negative or non-finite one counts as none
+    (source ``"invalid: ..."``, which the reader turns into a note)."""
+    try:
+        size, source = _stored_pixel_size(tif, page)
+    except (ValueError, TypeError, ZeroDivisionError, OverflowError) as exc:
+        return None, f"invalid: {exc}"
+    if size is not None and not all(0 < v < float("inf") for v in size):
+        return None, f"invalid: {source} says {size[1]:g} x {size[0]:g} nm"
+    return size, source
+
+
+def _stored_pixel_size(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> tuple[tuple[float, float] | None, str]:
     if tif.is_ome and tif.ome_metadata:
         found = _pixel_size_from_ome(tif.ome_metadata)
         if found:
@@ -191,6 +202,18 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return grey.astype(rgb.dtype)
 
 
+def _check_regular(path: Path) -> None:
+    """A file that exists and can be read as a whole: not a folder, a pipe or a device (those would block or stream)."""
+    if path.is_symlink() and not path.exists():
+        raise ImageFileError(f"Cannot open '{path}': it is a broken link or a link to itself.")
+    if not path.exists():
+        raise ImageFileError(f"Cannot open '{path}': no such file.")
+    if path.is_dir():
+        raise ImageFileError(f"Cannot open '{path}': it is a folder, not a TIFF file.")
+    if not path.is_file():  # a FIFO, socket or device would block or stream forever
+        raise ImageFileError(f"Cannot open '{path}': it is not a regular file (a pipe or a device?); save the image to a file first.")
+
+
 def _check_magic(path: Path) -> None:
     with open(path, "rb") as fh:
         head = fh.read(4)
@@ -222,12 +245,7 @@ def read_tiff(path: str | os.PathLike) -> TiffImage:
     is not a readable, non-empty grey-value TIFF.
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageFileError(f"Cannot open '{path}': no such file.")
-    if path.is_dir():
-        raise ImageFileError(f"Cannot open '{path}': it is a folder, not a TIFF file.")
-    if not path.is_file():  # a FIFO, socket or device would block or stream forever
-        raise ImageFileError(f"Cannot open '{path}': it is not a regular file (a pipe or a device?); save the image to a file first.")
+    _check_regular(path)
     _check_magic(path)
     notes: list[str] = []
     try:
@@ -244,6 +262,8 @@ def read_tiff(path: str | os.PathLike) -> TiffImage:
                 raise ImageFileError(f"Cannot open '{path.name}': the image is empty (shape {shape}).")
             data = series.asarray()
             pixel_size, source = _pixel_size(tif, page)
+            if source.startswith("invalid"):
+                notes.append(f"'{path.name}' has an impossible pixel size ({source[9:]}); it is treated as unknown.")
             photometric = getattr(page.photometric, "name", str(page.photometric))
             meta: dict[str, Any] = {
                 "source": str(path),
@@ -357,6 +377,11 @@ def write_tiff(
     arr = np.asarray(data)
     if arr.ndim < 2 or 0 in arr.shape:
         raise ValueError(f"Cannot write '{path.name}': expected a non-empty 2D image or stack, got shape {arr.shape}.")
+    if pixel_size is not None:
+        sizes = (pixel_size, pixel_size) if np.isscalar(pixel_size) else tuple(pixel_size)
+        if len(sizes) != 2 or not all(isinstance(v, (int, float, np.number)) and 0 < v < float("inf") for v in sizes):
+            raise ValueError(f"Cannot write '{path.name}': the pixel size must be a positive number of nm (or two, y and "
+                             f"x), not {pixel_size!r}; leave it out when it is unknown.")
     info: dict[str, Any] = dict(description or {})
     if dtype == "uint16":
         arr, mapping = _to_uint16(arr)
@@ -393,11 +418,21 @@ class DiskFullError(OSError):
     """The disk filled up while a file was written; nothing was changed at its path."""
 
 
+def _is_too_large(exc: BaseException) -> bool:
+    """EFBIG: the file outgrew what the file system or ``ulimit -f`` allows (not a full disk)."""
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return True
+    text = str(exc)
+    return "os error 27" in text or "File too large" in text
+
+
 def _is_disk_full(exc: BaseException, folder: Path) -> bool:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return True
     text = str(exc)
     if isinstance(exc, OSError) and "requested and" in text and "written" in text:  # numpy's tofile: a short write
+        return True
+    if "os error 28" in text or "No space left on device" in text:  # safetensors' writer (Rust) says it in words
         return True
     # torch.save reports "file write failed" in a RuntimeError: a full disk when (almost) nothing is left
     return isinstance(exc, RuntimeError) and "write failed" in text and shutil.disk_usage(folder).free < 64e6
@@ -425,6 +460,11 @@ def atomic_write(path: str | os.PathLike, write, size_hint: int | None = None) -
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        short_write = _is_disk_full(exc, path.parent) and not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+        if _is_too_large(exc) or (short_write and shutil.disk_usage(path.parent).free > 1e9):
+            raise DiskFullError(errno.EFBIG, f"'{path}' could not be written: the file system, or a limit set for this "
+                                             "process (ulimit -f), allows no file this large; write elsewhere or raise the "
+                                             "limit. Nothing was changed there") from exc
         if _is_disk_full(exc, path.parent):
             free = shutil.disk_usage(path.parent).free
             need = f"about {size_hint / 1e6:.1f} MB needed, " if size_hint else ""
@@ -515,6 +555,7 @@ class TiffHeader:
 def read_tiff_header(path: str | os.PathLike) -> TiffHeader:
     """Shape, type and pixel size of a TIFF's first series, without reading its pixels."""
     path = Path(path)
+    _check_regular(path)
     _check_magic(path)
     try:
         with tifffile.TiffFile(path) as tif:
@@ -593,6 +634,11 @@ def write_zarr(path: str | os.PathLike, data, *, pixel_size: tuple[float, float]
         os.replace(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        short_write = _is_disk_full(exc, path.parent) and not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+        if _is_too_large(exc) or (short_write and shutil.disk_usage(path.parent).free > 1e9):
+            raise DiskFullError(errno.EFBIG, f"'{path}' could not be written: the file system, or a limit set for this "
+                                             "process (ulimit -f), allows no file this large; write elsewhere or raise the "
+                                             "limit. Nothing was changed there") from exc
         if _is_disk_full(exc, path.parent):
             raise ImageFileError(f"disk full: '{path}' could not be written; free some space or write elsewhere. Nothing "
                                  "was changed there") from exc

@@ -47,13 +47,16 @@ def drive(job: Job, on_event: Callable[[Event], None] | None = None,
     When ``should_stop()`` turns true the job is closed (its cleanup runs) and
     :class:`Stopped` is raised.
     """
-    while True:
-        if should_stop is not None and should_stop():
-            job.close()
-            raise Stopped
-        try:
-            event = next(job)
-        except StopIteration as done:
-            return done.value
-        if on_event is not None:
-            on_event(event)
+    try:
+        while True:
+            if should_stop is not None and should_stop():
+                job.close()
+                raise Stopped
+            try:
+                event = next(job)
+            except StopIteration as done:
+                return done.value
+            if on_event is not None:
+                on_event(event)
+    finally:  # also when Ctrl-C or an error lands here, between two events: the job's cleanup runs now, not at exit
+        job.close()

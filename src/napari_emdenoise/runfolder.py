@@ -44,6 +44,9 @@ def save_run(run_dir: Path, model: _Model, iteration: int, rng: np.random.Genera
     except DiskFullError as exc:
         raise TrainingError(f"iteration {iteration} could not be saved: {exc.strerror}; the last saved checkpoint is "
                             "kept (resume from it once there is room)") from None
+    except OSError as exc:
+        raise TrainingError(f"iteration {iteration} could not be saved in '{run_dir}': {exc.strerror or exc}; the last "
+                            "saved checkpoint is kept") from None
     return state_path
 
 
@@ -61,6 +64,8 @@ def loss_curves(series: dict[str, Sequence[float]], width: float, height: float,
     """Pixel coordinates (xs, ys) of each loss curve in a width x height plot: each series is
     smoothed over 1% of its length and all share one scale (their 99th percentile at the top)."""
     filled = {k: np.asarray(v, dtype=np.float64) for k, v in series.items() if len(v)}
+    filled = {k: v[np.isfinite(v)] for k, v in filled.items()}  # a diverged step must not break the plot
+    filled = {k: v for k, v in filled.items() if v.size}
     if not filled:
         return {}
     top = max(float(np.percentile(v, 99)) for v in filled.values()) or 1.0

@@ -32,6 +32,9 @@ import numpy as np
 LATTICES = ("square", "hexagonal", "rectangular")
 
 
+MAX_SIDE = 16384  # px: a 16384^2 image and its truth already take 2 GiB
+
+
 @dataclass
 class SimParams:
     """Parameters of one simulated STEM ADF image (see the module docstring)."""
@@ -62,8 +65,19 @@ class SimParams:
         self.drift = (float(self.drift[0]), float(self.drift[1]))
         if self.lattice not in LATTICES:
             raise ValueError(f"lattice must be one of {LATTICES}, not {self.lattice!r}")
-        if min(self.size) < 8:
-            raise ValueError(f"size must be at least 8 px per side, got {self.size}")
+        if min(self.size) < 8 or max(self.size) > MAX_SIDE:
+            raise ValueError(f"size must be 8 to {MAX_SIDE} px per side, got {self.size}")
+        for name in ("period", "aspect", "angle", "background", "dent_depth", "dose", "read_noise", "row_offset",
+                     "jitter"):
+            if not np.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if not all(np.isfinite(self.drift)) or not all(np.isfinite(v) for b in self.basis for v in b):
+            raise ValueError(f"drift and basis must be finite numbers, got {self.drift} and {self.basis}")
+        if self.column_width is not None and not 0 < self.column_width < float("inf"):
+            raise ValueError(f"column_width must be a positive number of px (or left out for the default), got "
+                             f"{self.column_width}")
+        if self.dent_radius is not None and not 0 < self.dent_radius < float("inf"):
+            raise ValueError(f"dent_radius must be a positive number of px (or left out), got {self.dent_radius}")
         if not self.period > 1.0:
             raise ValueError(f"period must be more than 1 px, got {self.period}")
         if not self.dose > 0:
@@ -252,6 +266,8 @@ def write_set(out, n: int, params: SimParams, *, prefix: str = "sim", pixel_size
 
     if n < 1:
         raise ValueError(f"the number of images must be at least 1, got {n}")
+    if pixel_size is not None and not 0 < pixel_size < float("inf"):
+        raise ValueError(f"the pixel size must be a positive number of nm (or left out), got {pixel_size}")
     out = Path(out)
     names = [f"{prefix}_{i:04d}" for i in range(n)]
     meta_path = out / ("simulate.json" if prefix == "sim" else f"{prefix}.json")
@@ -260,6 +276,14 @@ def write_set(out, n: int, params: SimParams, *, prefix: str = "sim", pixel_size
     if existing and not overwrite:
         raise FileExistsError(f"{len(existing)} output file(s) exist already (e.g. '{existing[0]}'); "
                               "replace them (--overwrite) or choose another folder")
+    if overwrite:  # a set replaced by a smaller one must not keep the old set's extra images, nor half-written files
+        keep = set(names)
+        for sub, suffix in (("noisy", ".tif"), ("clean", ".tif"), ("dent", ".tif"), ("positions", ".csv")):
+            for old in (out / sub).glob(f"{prefix}_*{suffix}") if (out / sub).is_dir() else []:
+                if old.stem not in keep:
+                    old.unlink()
+            for part in (out / sub).glob(".*.part") if (out / sub).is_dir() else []:
+                part.unlink()
     records = []
     for i, name in enumerate(names):
         sim = simulate(replace(params, seed=params.seed + i))

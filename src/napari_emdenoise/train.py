@@ -127,6 +127,12 @@ def train(
         raise TrainingError("no clean target images to train on (with noisy frames alone, train self-supervised: mode 'n2v')")
     if cfg.mode == "paired" and len(noisy) != len(clean):
         raise TrainingError(f"paired mode needs as many clean as noisy images (got {len(clean)} and {len(noisy)})")
+    for kind, images, names in (("noisy", noisy, noisy_names), ("clean", clean, clean_names)):
+        for image, name in zip(images, names):
+            bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+            if bad:  # one NaN pixel in a crop makes that iteration's loss, and then every weight, NaN
+                raise TrainingError(f"the {kind} image '{name}' has {bad} NaN or infinite pixel(s): crop them out or "
+                                    "fill them before training")
     bundled = _bundled() if cfg.init == "bundled" or cfg.lambda_consistency > 0 else None
     # every image's period to resample it; without resampling, a sample of them for the range the model is trained on
     sample = noisy if cfg.rescale else noisy[:: max(1, len(noisy) // 64)]

@@ -85,8 +85,11 @@ class TrainConfig:
             raise TrainingError(f"generator must be a GeneratorConfig, not {type(self.generator).__name__}")
         if self.precision not in ("fp32", "bf16"):
             raise TrainingError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
-        if self.iterations < 1 or self.batch_size < 1 or self.crop < 16 or self.generator.ngf < 1:
-            raise TrainingError("iterations, batch size and generator width must be at least 1, and the crop at least 16 px")
+        for name, value, low in (("iterations", self.iterations, 1), ("batch size", self.batch_size, 1),
+                                 ("crop", self.crop, 16), ("generator width (ngf)", self.generator.ngf, 1),
+                                 ("checkpoint interval", self.checkpoint_every, 1)):
+            if not isinstance(value, int) or value < low:
+                raise TrainingError(f"the {name} must be a whole number of at least {low}, not {value!r}")
         if self.init not in ("scratch", "bundled"):
             raise TrainingError(f"init must be 'scratch' or 'bundled', not {self.init!r}")
         if not (0 <= self.lambda_consistency < float("inf") and 0 <= self.consistency_margin < float("inf")):

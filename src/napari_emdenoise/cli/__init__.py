@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from .. import __version__
-from ..io import ImageFileError
+from ..io import DiskFullError, ImageFileError
 from . import bench, data, denoise, info, train
 from ._common import UsageError
 
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (UsageError, ImageFileError, FileExistsError) as exc:
         print(f"emdenoise {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except DiskFullError as exc:  # no room to write (a full disk, a file-size limit): what and where, in one line
+        print(f"emdenoise {args.command}: error: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"emdenoise {args.command}: interrupted", file=sys.stderr)

@@ -23,6 +23,37 @@ class UsageError(Exception):
     """A problem with what the user asked for; printed without a traceback."""
 
 
+def check_outputs(targets: dict[Path, list[Path]], option: str = "-o") -> None:
+    """Before any compute: no output replaces an input, no two inputs write the same file, and every output folder
+    can be written (a probe file is written and removed). ``targets``: each input's output files."""
+    import os
+
+    def real(p: Path) -> Path:  # never raises, also for a link to itself (Path.resolve does)
+        return Path(os.path.realpath(p))
+
+    inputs = {real(p): p for p in targets}
+    writers: dict[Path, Path] = {}
+    for src, outs in targets.items():
+        for t in outs:
+            r = real(t)
+            if r in inputs:
+                raise UsageError(f"writing {t} would replace the input '{inputs[r]}'; choose another {option}")
+            if r in writers and writers[r] != src:
+                raise UsageError(f"'{writers[r]}' and '{src}' would both be written as {t.name} in {t.parent}; give them "
+                                 f"different {option} folders")
+            writers[r] = src
+    for folder in sorted({t.parent for outs in targets.values() for t in outs}):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{option} {folder} is a file, not a folder: name a folder for the results")
+        probe = folder / ".emdenoise-write-test"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise UsageError(f"cannot write to {folder} ({exc.strerror or exc}); choose another {option}") from None
+
+
 def pair(text: str) -> tuple[float, float]:
     parts = text.replace("x", ",").split(",")
     try:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..io import ImageFileError, expand_tiffs, is_tiff_path, read_image, read_tiff, write_tiff
 from ..simulate import LATTICES, SimParams, simulate
-from ._common import HelpFormatter, UsageError, basis, pair, run_job, size
+from ._common import HelpFormatter, UsageError, basis, check_outputs, pair, run_job, size
 
 def _add_mask(sub: argparse._SubParsersAction) -> None:
     from ..masks import PRESETS, VARIANTS
@@ -49,11 +49,14 @@ def _cmd_mask(args: argparse.Namespace) -> int:
     single = is_tiff_path(args.out)
     if single and len(args.inputs) != 1:
         raise UsageError("-o is a .tif file but there are several inputs; give a folder")
+    targets = {path: args.out if single else args.out / f"{path.stem}_mask.tif" for path in args.inputs}
+    check_outputs({path: [t] for path, t in targets.items()})
     failed = 0
-    for path in args.inputs:
-        target = args.out if single else args.out / f"{path.stem}_mask.tif"
+    for path, target in targets.items():
         try:
             img = read_image(path)
+            for note in img.notes:
+                print(f"{path.name}: note: {note}", file=sys.stderr)
             data = img.data if img.data.ndim == 2 else img.data.reshape(-1, *img.data.shape[-2:])[0]
             if img.data.ndim > 2:
                 print(f"{path.name}: note: a stack of {img.data.shape[:-2]} planes ({img.axes}); the mask is made from the "
@@ -65,9 +68,14 @@ def _cmd_mask(args: argparse.Namespace) -> int:
             area = float((mask > 0).mean())
             print(f"{path.name} -> {target} (window {used.window}, threshold {used.threshold:g}, sigma {used.sigma:g}, "
                   f"{used.variant}; {100 * area:.1f}% of the image)")
-        except (ImageFileError, MaskError, FileExistsError, ValueError) as exc:
+        except (ImageFileError, MaskError, FileExistsError, ValueError, OSError) as exc:
             failed += 1
             print(f"{path.name}: error: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - one file's surprise must not end the batch: said, and the rest go on
+            failed += 1
+            print(f"{path.name}: error: unexpected error ({type(exc).__name__}): {exc}", file=sys.stderr)
+    if failed:
+        print(f"{failed} of {len(targets)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
 
 

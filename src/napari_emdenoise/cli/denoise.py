@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..io import ImageFileError, read_image, write_tiff
-from ._common import HelpFormatter, UsageError
+from ._common import HelpFormatter, UsageError, check_outputs
 
 def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -66,18 +66,9 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         raise UsageError(f"--overlap must be between 0 and half of --tile ({args.tile}); got {args.overlap}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size is the number of tiles per batch (at least 1), not {args.batch_size}")
-    stems: dict[str, Path] = {}
-    for path in args.inputs:
-        if path.stem in stems and stems[path.stem] != path:
-            raise UsageError(f"'{stems[path.stem]}' and '{path}' would both be written as {path.stem}_denoised.tif in "
-                             f"{args.out}; denoise them into different -o folders")
-        stems[path.stem] = path
-    outs = {(args.out / f"{p.stem}_{kind}.tif").resolve() for p in args.inputs for kind in ("denoised", "consistency")}
-    clash = next((p for p in args.inputs if p.resolve() in outs), None)
-    if clash is not None:
-        raise UsageError(f"writing the results to {args.out} would replace the input '{clash}'; choose another -o")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"-o {args.out} is a file, not a folder: name a folder for the results")
+    check_outputs({p: [args.out / f"{p.stem}_{kind}.tif" for kind in ("denoised", "consistency")] for p in args.inputs})
     from ..devices import pick_device
 
     try:

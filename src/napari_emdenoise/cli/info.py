@@ -90,9 +90,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         for r in results:
             px = "unknown" if r["pixel_size_nm"] is None else " x ".join(f"{v:.5g}" for v in r["pixel_size_nm"]) + " nm"
             period = "no clear lattice" if r["period_px"] is None else f"{r['period_px']:.2f} px"
+            values = ("no finite pixels" if r["min"] is None
+                      else f"range {r['min']:.6g}..{r['max']:.6g}, mean {r['mean']:.6g}")
             print(f"{r['file']}: {' x '.join(map(str, r['shape']))} {r['dtype']}, pixel size {px}, "
-                  f"range {r['min']:.6g}..{r['max']:.6g}, mean {r['mean']:.6g}, non-finite {r['non_finite']}, "
-                  f"lattice period {period}")
+                  f"{values}, non-finite {r['non_finite']}, lattice period {period}")
             for note in r["notes"]:
                 print(f"  note: {note}")
     return 1 if failed else 0
