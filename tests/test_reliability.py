@@ -47,9 +47,9 @@ def test_mask_never_writes_over_its_input_or_twice_to_one_file(tmp_path, scan, c
 
 
 def test_an_unwritable_output_folder_is_found_before_any_compute(tmp_path, scan, capsys, monkeypatch):  # row 27
-    import napari_emdenoise.inference as inference
+    import napari_emdenoise.batch as batch
 
-    monkeypatch.setattr(inference, "resolve_model", lambda *a: pytest.fail("the model was loaded before the check"))
+    monkeypatch.setattr(batch, "denoise_file", lambda *a, **k: pytest.fail("an image was denoised before the check"))
     (tmp_path / "ro").write_text("a file where a folder should be made")
     assert main(["denoise", str(scan), "-o", str(tmp_path / "ro" / "out")]) == 2
     _one_line_error(capsys, "cannot write to")

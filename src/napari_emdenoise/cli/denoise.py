@@ -68,7 +68,6 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size is the number of tiles per batch (at least 1), not {args.batch_size}")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"-o {args.out} is a file, not a folder: name a folder for the results")
-    check_outputs({p: [args.out / f"{p.stem}_{kind}.tif" for kind in ("denoised", "consistency")] for p in args.inputs})
     from ..devices import pick_device
 
     try:
@@ -83,6 +82,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         net = resolve_model(args.model)
     except (CheckpointError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
+    # before any compute, after the checks that make nothing: no output over an input, no clash, a writable folder
+    check_outputs({p: [args.out / f"{p.stem}_{kind}.tif" for kind in ("denoised", "consistency")] for p in args.inputs})
     from ..batch import FileOptions, denoise_file, is_large, outputs_for, remove_partials
 
     opts = FileOptions(tile=args.tile or None, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
