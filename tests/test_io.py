@@ -172,6 +172,12 @@ def test_a_full_disk_says_disk_full_and_changes_nothing(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError("655360 requested and 22400 written")  # what numpy's tofile says on a full disk
 
+    import collections
+
+    import napari_emdenoise.io as io_module
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(io_module.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 4096, 4096))  # nearly full
     monkeypatch.setattr(tifffile, "imwrite", full)
     with pytest.raises(ImageFileError, match="disk full") as info:
         write_tiff(target, np.zeros((256, 256), np.float32), overwrite=True)

@@ -30,7 +30,7 @@ def test_start_progress_stop_then_denoise_with_the_checkpoint(make_napari_viewer
     viewer, w, worker, events = _start_long_paired_run(make_napari_viewer, tmp_path)
     qtbot.waitUntil(lambda: len(events) >= 3, timeout=60_000)
     assert [e.iteration for e in events[:3]] == [1, 2, 3]
-    assert w._progress.visible and "iteration" in w._status.value
+    assert not w._progress.native.isHidden() and "iteration" in w._status.value
     assert "L1" in w.plot.series and "training preview" in viewer.layers
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         w.stop()
@@ -131,9 +131,9 @@ def test_a_time_estimate_before_start_and_a_loss_plot_with_axes(make_napari_view
     w._iters.value = 50_000  # the same measurement, scaled: no new measuring
     assert "for 50000 iterations" in w._estimate.value and w.update_estimate(force=True) is None
     axes = w.plot.plot.getPlotItem()
-    assert axes.getAxis("bottom").labelText == "iteration" and axes.getAxis("left").labelText == "loss"
+    assert axes.getAxis("bottom").labelText == "iteration" and axes.getAxis("left").labelText == "loss (log)"
     w.plot.add(1, {"L1": 0.5})
     w.plot.add(2, {"L1": 0.4})
     w.plot.redraw()
-    xs, ys = w.plot._curves["L1"].getData()
+    xs, ys = w.plot._curves["L1"].xData, w.plot._curves["L1"].yData
     assert list(xs) == [1, 2] and np.allclose(ys, [0.5, 0.4]) and "L1" in w.plot.legend.text()

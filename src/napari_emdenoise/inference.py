@@ -227,7 +227,14 @@ def _layer_progress(net: nn.Module, run: Callable[[], torch.Tensor], every_s: fl
         finally:
             finished.set()
 
-    hooks = [m.register_forward_pre_hook(before) for m in convs] + [m.register_forward_hook(after) for m in convs]
+    hooks = []
+    try:
+        for m in convs:
+            hooks += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
+    except TypeError:  # a module rebuilt without torch's hook dicts (e.g. sent to a dask worker): no layer progress
+        for h in hooks:
+            h.remove()
+        hooks, convs = [], []
     thread = threading.Thread(target=target, name="emdenoise-statistics", daemon=True)
     try:
         thread.start()

@@ -460,6 +460,7 @@ def atomic_write(path: str | os.PathLike, write, size_hint: int | None = None) -
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        # a short write with the disk far from full: a file-size limit stopped it, not the space
         short_write = _is_disk_full(exc, path.parent) and not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
         if _is_too_large(exc) or (short_write and shutil.disk_usage(path.parent).free > 1e9):
             raise DiskFullError(errno.EFBIG, f"'{path}' could not be written: the file system, or a limit set for this "
@@ -634,6 +635,7 @@ def write_zarr(path: str | os.PathLike, data, *, pixel_size: tuple[float, float]
         os.replace(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        # a short write with the disk far from full: a file-size limit stopped it, not the space
         short_write = _is_disk_full(exc, path.parent) and not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
         if _is_too_large(exc) or (short_write and shutil.disk_usage(path.parent).free > 1e9):
             raise DiskFullError(errno.EFBIG, f"'{path}' could not be written: the file system, or a limit set for this "

@@ -51,7 +51,7 @@ class Dock(Container):
     def body(self):
         return self.root_native_widget.widget()
 
-    def fit_width(self) -> None:
+    def fit_width(self, stretch: bool = True) -> None:
         """The dock is never narrower than its widest row, measured whenever the column's layout changes (magicgui
         counts only its own widgets when built, before napari's style sets the fonts): nothing is cut off."""
         from qtpy.QtCore import QEvent, QObject
@@ -69,6 +69,8 @@ class Dock(Container):
         self._fit = FitWidth(scroll)
         self.body.installEventFilter(self._fit)
         scroll.installEventFilter(self._fit)
+        if stretch:  # napari adds no stretch below a scroll area: keep the rows together at the top of a tall dock
+            self.body.layout().addStretch(1)
 
     def add_section(self, widgets: list, title: str = "Advanced", before=None):
         """A folded section of ``widgets`` above ``before`` (one of this dock's widgets) or at the end."""

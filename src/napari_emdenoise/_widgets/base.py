@@ -69,6 +69,8 @@ class JobWidget(Dock):
         """Run the core job ``job(*args, **kwargs)`` (a generator of Events) in a worker thread."""
         worker = ClosingWorker(job, *args, **kwargs)
         self._returned, self._final_status = False, None
+        if self._dock_bar is None:  # one activity-dock bar per job, made here: making it runs Qt events, so inside
+            self._dock_bar = progress(total=self.STEPS, desc=self.what)  # _event a fast job's next event made another
         worker.yielded.connect(self._event)
         worker.returned.connect(self._result)
         worker.errored.connect(lambda exc: self.on_error(exc))
@@ -113,10 +115,9 @@ class JobWidget(Dock):
             self._status.value = event.message
         self.on_event(event)
         # last: napari's progress may process pending Qt events (the result, the finish) before it returns
-        if self._dock_bar is None:
-            self._dock_bar = progress(total=self.STEPS, desc=self.what)
         bar = self._dock_bar
-        bar.update(round(self.STEPS * done / total) - bar.n)
+        if bar is not None:
+            bar.update(round(self.STEPS * done / total) - bar.n)
 
     def _finished(self) -> None:
         if self._final_status is not None:  # what the result said stays, whatever arrived in between

@@ -101,6 +101,8 @@ class DatasetWidget(JobWidget):
         remember("target set", {"simulated period": self._sim_period, "zooms": self._zooms, "per mask": self._per_mask,
                                 "rotate": self._rotate, "dent depth": self._depth, "seed": self._seed,
                                 "output folder": self._out})
+        self._mask_layers.native.setMaximumHeight(90)  # a few layers; it scrolls for more
+        self._noisy_layers.native.setMaximumHeight(90)  # a few layers; it scrolls for more
         self.fit_width()
 
     # ------------------------------------------------------------------ choices (napari calls reset_choices)

@@ -10,12 +10,15 @@ Warnings from the core (rescaling, NaN pixels) reach the user as napari notifica
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 
 import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, PushButton, SpinBox, create_widget
 from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QApplication
 
 from ..checkpoints import CheckpointError, model_info
 from ..consistency import Consistency, ConsistencyError, check
@@ -105,6 +108,8 @@ class DenoiseWidget(JobWidget):
                                tooltip="compute every slice of the lazy result now, in the background, and keep it in memory")
         self._lazy_layer = None  # the lazy result layer that 'Denoise all slices' computes
         self._period_worker = None  # the period estimate of the chosen layer, running in a thread
+        self._estimate_done = threading.Event()  # set while no estimate runs
+        self._estimate_done.set()
         self.extend([
             self._image, self._source, self._file, self._model_label, self._period, self._period_label, self._stack,
             self._invert, self._map, *self.run_controls(), self._all,
@@ -122,6 +127,12 @@ class DenoiseWidget(JobWidget):
         self._image.changed.connect(self._on_image)
         self._on_model_changed()
         self._on_image()
+        # closing napari removes the layers, which starts estimates: wait for the last, so no thread outlives Qt
+        estimate = self._estimate_done
+        self.native.destroyed.connect(lambda *_: estimate.wait(10))
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(lambda: estimate.wait(10))
         self.fit_width()
 
     # ------------------------------------------------------------------ settings
@@ -173,17 +184,28 @@ class DenoiseWidget(JobWidget):
         from napari.qt.threading import create_worker
 
         self._period_label.value = "estimating the lattice period..."
-        worker = create_worker(lambda: estimate_period(current_plane(self._viewer, layer)), _ignore_errors=True)
+        done = self._estimate_done
+        done.clear()
+
+        def estimate():
+            try:
+                return estimate_period(current_plane(self._viewer, layer))
+            finally:
+                done.set()
+
+        worker = create_worker(estimate, _ignore_errors=True)
         self._period_worker = worker
 
         def shown(est, worker=worker) -> None:
             if worker is self._period_worker:  # the answer for the layer still chosen
-                self._period_label.value = (f"estimated {est.period:.2f} px" if est.found
-                                            else "no clear lattice found: will not rescale")
+                with contextlib.suppress(RuntimeError):  # the dock was closed meanwhile
+                    self._period_label.value = (f"estimated {est.period:.2f} px" if est.found
+                                                else "no clear lattice found: will not rescale")
 
         def failed(exc, worker=worker) -> None:
             if worker is self._period_worker:
-                self._period_label.value = f"the period could not be estimated: {exc}"
+                with contextlib.suppress(RuntimeError):
+                    self._period_label.value = f"the period could not be estimated: {exc}"
 
         worker.returned.connect(shown)
         worker.errored.connect(failed)

@@ -86,7 +86,8 @@ class LossPlot(QWidget):
         self.plot = pg.PlotWidget(background="#262930")
         self.plot.setMinimumHeight(150)
         self.plot.setLabel("bottom", "iteration")
-        self.plot.setLabel("left", "loss")
+        self.plot.setLabel("left", "loss (log)")
+        self.plot.setLogMode(y=True)  # losses of very different sizes (L1 ~0.1, consistency ~100) all stay visible
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.plot.setMouseEnabled(x=True, y=False)
         layout.addWidget(self.legend)
@@ -95,6 +96,11 @@ class LossPlot(QWidget):
         self.iterations: list[int] = []
         self._curves: dict = {}
         self._drawn = 0.0
+
+    def sizeHint(self):  # noqa: N802 - Qt's name; a modest plot, so the dock does not have to scroll for it
+        from qtpy.QtCore import QSize
+
+        return QSize(300, 220)
 
     def add(self, iteration: int, losses: dict) -> None:
         self.iterations.append(int(iteration))
@@ -114,7 +120,6 @@ class LossPlot(QWidget):
 
         self._drawn = time.monotonic()
         colors = {}
-        top = 0.0
         for i, (name, values) in enumerate(self.series.items()):
             v = np.asarray(values, dtype=np.float64)
             win = max(1, len(v) // 100)
@@ -124,11 +129,7 @@ class LossPlot(QWidget):
             colors[name] = color
             if name not in self._curves:
                 self._curves[name] = self.plot.plot(pen=pg.mkPen(color, width=1.5))
-            self._curves[name].setData(xs[: len(smooth)], smooth)
-            if smooth.size:
-                top = max(top, float(np.percentile(smooth, 99)))
-        if top > 0:  # a spike early in the run must not flatten the rest
-            self.plot.setYRange(0, top * 1.05, padding=0)
+            self._curves[name].setData(xs[: len(smooth)], np.maximum(smooth, 1e-6))  # a log axis has no zero
         self.legend.setText("  ".join(f'<span style="color:{c}">━ {n}</span>' for n, c in colors.items()))
 
 
@@ -211,7 +212,8 @@ class TrainWidget(JobWidget):
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(lambda: _shutdown(holder, detach=True, wait=True))
-        self.fit_width()
+        self._noisy_layers.native.setMaximumHeight(90)  # a few layers; it scrolls for more
+        self.fit_width(stretch=False)  # the loss plot takes the room below
 
     # ------------------------------------------------------------------ the time estimate
     def _estimate_config(self) -> TrainConfig:
