@@ -185,7 +185,8 @@ def targets() -> None:
 def train() -> None:
     """A short paired run on simulated pairs, paused: the measured time estimate, the progress line, the loss curves with
     their axes and legend, and the live preview layer. The CPU-sized "small" model (Advanced, folded) keeps the 120
-    iterations to about a minute on a laptop's CPU; the default model takes some four times as long per iteration."""
+    iterations short: on 2 busy CPU cores it measured 0.84 s per iteration against the default model's 1.63 s (120
+    iterations took 5 and 8 minutes)."""
     from napari_emdenoise._widgets.train import PAIRED_SIM, TrainWidget
 
     viewer = napari.Viewer(show=True)
@@ -221,6 +222,9 @@ SHOTS = {"samples": samples, "denoise": denoise, "consistency": consistency, "ma
 
 if __name__ == "__main__":
     HERE.mkdir(parents=True, exist_ok=True)
+    unknown = [name for name in sys.argv[1:] if name not in SHOTS]
+    if unknown:
+        sys.exit(f"unknown shot(s) {', '.join(unknown)}; choose from {', '.join(SHOTS)}")
     for name in sys.argv[1:] or SHOTS:
         SHOTS[name]()
         print(f"wrote {HERE / (name + '.png')}")
