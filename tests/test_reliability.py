@@ -180,3 +180,29 @@ def test_ctrl_c_during_denoise_ends_cleanly(tmp_path):  # row E27: was a C++ abo
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode in (0, 130) and "terminate called" not in err and "Traceback" not in err, err
+
+
+def test_a_header_that_claims_terabytes_is_called_corrupt(tmp_path):  # row E7
+    import struct
+
+    path = tmp_path / "huge.tif"
+    tifffile.imwrite(path, np.ones((128, 128), np.float32))
+    raw = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags["ImageWidth"]
+        offset, fmt = tag.valueoffset, {3: "<H", 4: "<I"}[tag.dtype]
+    raw[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, 65535 if fmt == "<H" else 4294967280)
+    path.write_bytes(bytes(raw))
+    from napari_emdenoise.io import read_tiff_header
+
+    for read in (read_tiff, read_tiff_header):
+        with pytest.raises(ImageFileError, match="truncated or corrupt"):
+            read(path)
+
+
+def test_mask_and_check_remove_what_a_killed_run_left_half_written(tmp_path, scan):  # row 45
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / ".scan_mask.tif.x1.part").write_bytes(b"half")
+    assert main(["mask", str(scan), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["scan_mask.tif"]

@@ -202,6 +202,17 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return grey.astype(rgb.dtype)
 
 
+def _check_claimed_size(path: Path, page, shape: tuple, dtype) -> None:
+    """An uncompressed TIFF holds all its pixels: a header that claims far more than the file has is damaged (it
+    would otherwise ask for terabytes of memory)."""
+    need = float(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    have = path.stat().st_size
+    if page.compression == 1 and need > 1.05 * have + 2**20:
+        raise ImageFileError(f"Cannot read '{path.name}': its header says {'x'.join(map(str, shape))} pixels "
+                             f"({need / 2**30:.1f} GiB) but the file has {have / 2**20:.1f} MiB: it is truncated or "
+                             "corrupt. Copy or export the file again.")
+
+
 def _check_regular(path: Path) -> None:
     """A file that exists and can be read as a whole: not a folder, a pipe or a device (those would block or stream)."""
     if path.is_symlink() and not path.exists():
@@ -260,6 +271,7 @@ def read_tiff(path: str | os.PathLike) -> TiffImage:
             shape = tuple(series.shape)
             if 0 in shape or len(shape) == 0:
                 raise ImageFileError(f"Cannot open '{path.name}': the image is empty (shape {shape}).")
+            _check_claimed_size(path, page, shape, series.dtype)
             data = series.asarray()
             pixel_size, source = _pixel_size(tif, page)
             if source.startswith("invalid"):
@@ -563,6 +575,7 @@ def read_tiff_header(path: str | os.PathLike) -> TiffHeader:
             if not tif.series:
                 raise ImageFileError(f"Cannot open '{path.name}': the TIFF holds no readable image; it is truncated or corrupt.")
             series = tif.series[0]
+            _check_claimed_size(path, tif.pages[0], tuple(series.shape), series.dtype)
             size, _ = _pixel_size(tif, tif.pages[0])
             return TiffHeader(tuple(int(n) for n in series.shape), np.dtype(series.dtype), size)
     except ImageFileError:

@@ -51,6 +51,9 @@ def _cmd_mask(args: argparse.Namespace) -> int:
         raise UsageError("-o is a .tif file but there are several inputs; give a folder")
     targets = {path: args.out if single else args.out / f"{path.stem}_mask.tif" for path in args.inputs}
     check_outputs({path: [t] for path, t in targets.items()})
+    from ..batch import remove_partials
+
+    remove_partials(list(targets.values()))  # what a killed earlier run left half-written
     failed = 0
     for path, target in targets.items():
         try:

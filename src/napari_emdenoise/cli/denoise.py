@@ -179,6 +179,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
             raise UsageError(f"-o {args.out} would replace an input; name a new file for the z map")
         if args.out.exists() and not args.overwrite:
             raise UsageError(f"'{args.out}' exists; use --overwrite to replace it")
+        from ..batch import remove_partials
+
+        remove_partials([args.out])  # what a killed earlier run left half-written
     data, output = read_image(args.data), read_image(args.output)
     try:
         cons = check(data.data, output.data, scale=args.scale, threshold=args.threshold)
