@@ -137,3 +137,22 @@ def test_a_time_estimate_before_start_and_a_loss_plot_with_axes(make_napari_view
     w.plot.redraw()
     xs, ys = w.plot._curves["L1"].xData, w.plot._curves["L1"].yData
     assert list(xs) == [1, 2] and np.allclose(ys, [0.5, 0.4]) and "L1" in w.plot.legend.text()
+
+
+def test_a_time_estimate_that_cannot_be_measured_is_said_once_and_not_retried(make_napari_viewer, qtbot, monkeypatch):
+    import napari_emdenoise.train as train_module
+
+    calls = []
+
+    def fails(cfg, steps=2):
+        calls.append(cfg)
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(train_module, "seconds_per_iteration", fails)
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    with qtbot.waitSignal(w.update_estimate(force=True).finished, timeout=30_000):
+        pass
+    assert w._estimate.value == "no time estimate: out of memory"
+    assert w.update_estimate(force=True) is None and len(calls) == 1
+    assert w._estimate.value == "no time estimate: out of memory"

@@ -235,7 +235,7 @@ def _layer_progress(net: nn.Module, run: Callable[[], torch.Tensor], every_s: fl
         for h in hooks:
             h.remove()
         hooks, convs = [], []
-    thread = threading.Thread(target=target, name="emdenoise-statistics", daemon=True)
+    thread = threading.Thread(target=target, name="emdenoise-forward", daemon=True)
     try:
         thread.start()
         while not finished.wait(every_s):

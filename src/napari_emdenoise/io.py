@@ -430,12 +430,22 @@ class DiskFullError(OSError):
     """The disk filled up while a file was written; nothing was changed at its path."""
 
 
-def _is_too_large(exc: BaseException) -> bool:
-    """EFBIG: the file outgrew what the file system or ``ulimit -f`` allows (not a full disk)."""
+def _hit_size_limit(exc: BaseException, folder: Path) -> bool:
+    """EFBIG: the file outgrew what the file system or ``ulimit -f`` allows (not a full disk); also a short write
+    with the disk far from full, which a file-size limit stopped, not the space."""
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         return True
     text = str(exc)
-    return "os error 27" in text or "File too large" in text
+    if "os error 27" in text or "File too large" in text:
+        return True
+    short_write = _is_disk_full(exc, folder) and not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+    return short_write and shutil.disk_usage(folder).free > 1e9
+
+
+def _size_limit_error(path: Path) -> DiskFullError:
+    return DiskFullError(errno.EFBIG, f"'{path}' could not be written: the file system, or a limit set for this "
+                                      "process (ulimit -f), allows no file this large; write elsewhere or raise the "
+                                      "limit. Nothing was changed there")
 
 
 def _is_disk_full(exc: BaseException, folder: Path) -> bool:
@@ -472,12 +482,8 @@ def atomic_write(path: str | os.PathLike, write, size_hint: int | None = None) -
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        # a short write with the disk far from full: a file-size limit stopped it, not the space
-        short_write = _is_disk_full(exc, path.parent) and not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
-        if _is_too_large(exc) or (short_write and shutil.disk_usage(path.parent).free > 1e9):
-            raise DiskFullError(errno.EFBIG, f"'{path}' could not be written: the file system, or a limit set for this "
-                                             "process (ulimit -f), allows no file this large; write elsewhere or raise the "
-                                             "limit. Nothing was changed there") from exc
+        if _hit_size_limit(exc, path.parent):
+            raise _size_limit_error(path) from exc
         if _is_disk_full(exc, path.parent):
             free = shutil.disk_usage(path.parent).free
             need = f"about {size_hint / 1e6:.1f} MB needed, " if size_hint else ""
@@ -648,12 +654,8 @@ def write_zarr(path: str | os.PathLike, data, *, pixel_size: tuple[float, float]
         os.replace(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        # a short write with the disk far from full: a file-size limit stopped it, not the space
-        short_write = _is_disk_full(exc, path.parent) and not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
-        if _is_too_large(exc) or (short_write and shutil.disk_usage(path.parent).free > 1e9):
-            raise DiskFullError(errno.EFBIG, f"'{path}' could not be written: the file system, or a limit set for this "
-                                             "process (ulimit -f), allows no file this large; write elsewhere or raise the "
-                                             "limit. Nothing was changed there") from exc
+        if _hit_size_limit(exc, path.parent):
+            raise _size_limit_error(path) from exc
         if _is_disk_full(exc, path.parent):
             raise ImageFileError(f"disk full: '{path}' could not be written; free some space or write elsewhere. Nothing "
                                  "was changed there") from exc

@@ -108,16 +108,16 @@ class JobWidget(Dock):
         if self._returned:
             return
         total = max(float(event.total), 1.0)
-        done = min(float(event.done), total)
+        steps = round(self.STEPS * min(float(event.done), total) / total)
         self._progress.max = self.STEPS  # fine steps: a long first stage (whole-image statistics) moves the bar too
-        self._progress.value = round(self.STEPS * done / total)
+        self._progress.value = steps
         if event.message:
             self._status.value = event.message
         self.on_event(event)
         # last: napari's progress may process pending Qt events (the result, the finish) before it returns
         bar = self._dock_bar
         if bar is not None:
-            bar.update(round(self.STEPS * done / total) - bar.n)
+            bar.update(steps - bar.n)
 
     def _finished(self) -> None:
         if self._final_status is not None:  # what the result said stays, whatever arrived in between

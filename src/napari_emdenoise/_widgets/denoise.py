@@ -108,8 +108,7 @@ class DenoiseWidget(JobWidget):
                                tooltip="compute every slice of the lazy result now, in the background, and keep it in memory")
         self._lazy_layer = None  # the lazy result layer that 'Denoise all slices' computes
         self._period_worker = None  # the period estimate of the chosen layer, running in a thread
-        self._estimate_done = threading.Event()  # set while no estimate runs
-        self._estimate_done.set()
+        self._estimates: list[threading.Event] = []  # one per period estimate started and not yet known to be done
         self.extend([
             self._image, self._source, self._file, self._model_label, self._period, self._period_label, self._stack,
             self._invert, self._map, *self.run_controls(), self._all,
@@ -128,11 +127,16 @@ class DenoiseWidget(JobWidget):
         self._on_model_changed()
         self._on_image()
         # closing napari removes the layers, which starts estimates: wait for the last, so no thread outlives Qt
-        estimate = self._estimate_done
-        self.native.destroyed.connect(lambda *_: estimate.wait(10))
+        estimates = self._estimates
+
+        def wait_for_estimates(*_) -> None:
+            for done in list(estimates):
+                done.wait(10)
+
+        self.native.destroyed.connect(wait_for_estimates)
         app = QApplication.instance()
         if app is not None:
-            app.aboutToQuit.connect(lambda: estimate.wait(10))
+            app.aboutToQuit.connect(wait_for_estimates)
         self.fit_width()
 
     # ------------------------------------------------------------------ settings
@@ -184,8 +188,9 @@ class DenoiseWidget(JobWidget):
         from napari.qt.threading import create_worker
 
         self._period_label.value = "estimating the lattice period..."
-        done = self._estimate_done
-        done.clear()
+        self._estimates[:] = [e for e in self._estimates if not e.is_set()]
+        done = threading.Event()
+        self._estimates.append(done)
 
         def estimate():
             try:

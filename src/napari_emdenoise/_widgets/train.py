@@ -193,7 +193,7 @@ class TrainWidget(JobWidget):
                            "device": self._device, "report": self._report, "simulated period": self._sim_period})
         self._on_mode()
         # the time estimate: measured in a worker once the settings rest (and the dock is on screen)
-        self._step_time: dict[tuple, float] = {}
+        self._step_time: dict[tuple, float | None] = {}  # seconds per iteration by settings; None: could not measure
         self._estimate_worker = None
         self._estimate_timer = QTimer()
         self._estimate_timer.setSingleShot(True)
@@ -256,7 +256,9 @@ class TrainWidget(JobWidget):
             self._show_estimate()
 
         def failed(exc) -> None:
-            self._estimate.value = f"no time estimate: {exc}"
+            self._step_time[key] = None  # said once; not measured again and again
+            if self._estimate_key() == key:
+                self._estimate.value = f"no time estimate: {exc}"
 
         def done() -> None:
             self._estimate_worker = None
@@ -270,8 +272,13 @@ class TrainWidget(JobWidget):
         return worker
 
     def _show_estimate(self) -> None:
-        seconds = self._step_time.get(self._estimate_key())
+        key = self._estimate_key()
+        if key not in self._step_time:  # not measured yet
+            return
+        seconds = self._step_time[key]
         if seconds is None:
+            if not self._estimate.value.startswith("no time estimate"):  # keep the reason said when it failed
+                self._estimate.value = "no time estimate: these settings could not be measured"
             return
         if self._resume.value:
             self._estimate.value = f"{seconds:.2f} s per iteration measured here; the run goes on from its checkpoint"
