@@ -10,7 +10,7 @@
 #    -> OUT_DIR/default.safetensors, default_loss.csv, default_train.txt
 # 2. benchmarks/training_fidelity.py, GPU-sized, for the recommended modes (fine-tune, self-supervised)
 #    -> OUT_DIR/training_fidelity.md (the table), training_fidelity.log, OUT_DIR/tf/MODE.safetensors
-# 3. then tests/test_cuda.py and benchmarks/inference.py on CUDA -> OUT_DIR/cuda.txt
+# 3. then tests/test_cuda.py and benchmarks/inference.py on CUDA (4096² images, stacks of 32 x 1024²) -> OUT_DIR/cuda.txt
 set -uo pipefail
 out=${1:?usage: gpu_session.sh OUT_DIR [DEADLINE_SECONDS]}
 deadline=${2:-540}
@@ -68,5 +68,7 @@ cat "$out/training_fidelity.md"; tail -c 1500 "$out/training_fidelity.log"
 stamp "CUDA tests and inference figures"
 { timeout 60 python3 -m pytest -q -p no:cacheprovider "$root/tests/test_cuda.py" 2>&1 | tail -5
   timeout $(left $deadline) python3 "$root/benchmarks/inference.py" --devices "$device" \
-    --models small resnet9 --sizes 4096; } 2>&1 | tee "$out/cuda.txt"
+    --models small resnet9 --sizes 4096
+  timeout $(left $deadline) python3 "$root/benchmarks/inference.py" --devices "$device" \
+    --models small --frames 32 --sizes 1024; } 2>&1 | tee "$out/cuda.txt"
 stamp "done"

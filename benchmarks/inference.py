@@ -3,6 +3,8 @@
     python benchmarks/inference.py                       # CPU (and CUDA when present), default sizes
     python benchmarks/inference.py --sizes 512 4096 --models resnet9 --devices cuda
     python benchmarks/inference.py --defaults            # denoise() with every default against the bare network
+    python benchmarks/inference.py --frames 32 --sizes 1024 --devices cuda   # a stack of 32 frames of 1024^2
+    python benchmarks/inference.py --tiles-always        # the tile path even where the whole image fits one pass
 
 Each measurement runs in a fresh subprocess so that its peak resident memory (CPU) or
 peak allocated GPU memory (CUDA) is its own. Prints a Markdown table of megapixels per
@@ -38,11 +40,16 @@ def one(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     net = init_weights(build_generator(GeneratorConfig(**MODELS[args.model])), seed=0).eval()
-    img = np.random.default_rng(0).poisson(6.0, (args.size, args.size)).astype(np.float32)
+    if args.tiles_always:  # what an image beyond the memory budget costs: tiles, statistics from a joint batch
+        import napari_emdenoise.inference as inference
+
+        inference._whole_pass_budget = lambda *a: 0
+    shape = (args.frames, args.size, args.size) if args.frames > 1 else (args.size, args.size)
+    img = np.random.default_rng(0).poisson(6.0, shape).astype(np.float32)
     tile = None if args.tile == 0 else args.tile
     device = torch.device(args.device)
     if device.type == "cuda":  # warm up kernels and cuDNN autotuning on a small image
-        denoise(img[:512, :512], net, tile=tile, overlap=args.overlap, device=args.device, rescale=False, amp=args.amp)
+        denoise(img[..., :512, :512], net, tile=tile, overlap=args.overlap, device=args.device, rescale=False, amp=args.amp)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -61,7 +68,8 @@ def one(args: argparse.Namespace) -> dict:
         "bare_mp_per_s": bare,
         "model": args.model, "params_M": count_parameters(net) / 1e6, "device": args.device,
         "precision": "mixed" if (args.amp and device.type == "cuda") else "fp32", "size": args.size,
-        "tile": args.tile, "seconds": seconds, "mp_per_s": args.size**2 / 1e6 / seconds, "peak_gb": peak_gb,
+        "tile": args.tile, "seconds": seconds, "mp_per_s": img.size / 1e6 / seconds, "peak_gb": peak_gb,
+        "frames": args.frames,
     }
 
 
@@ -123,9 +131,11 @@ def defaults_ratio(size: int, device: str, repeats: int = 3) -> str:
     return f"| bundled | {device} | {size}² | {bare_mps:.3f} | {full:.3f} | {full / bare_mps:.2f} |"
 
 
-def run_child(model: str, device: str, amp: bool, size: int, tile: int, overlap: int, threads: int | None) -> dict | None:
+def run_child(model: str, device: str, amp: bool, size: int, tile: int, overlap: int, threads: int | None,
+              frames: int = 1, tiles_always: bool = False) -> dict | None:
     cmd = [sys.executable, __file__, "--one", "--models", model, "--devices", device, "--sizes", str(size),
-           "--tile", str(tile), "--overlap", str(overlap)] + (["--amp"] if amp else []) + (["--threads", str(threads)] if threads else [])
+           "--tile", str(tile), "--overlap", str(overlap), "--frames", str(frames)] + (["--amp"] if amp else []) + (
+        ["--threads", str(threads)] if threads else []) + (["--tiles-always"] if tiles_always else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         print(f"  failed: {model} {device} {size} tile {tile}: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -144,6 +154,9 @@ def main() -> None:
     p.add_argument("--overlap", type=int, default=64, help="tile overlap")
     p.add_argument("--whole-max", type=int, default=2048, help="largest side also run as one whole-image pass on CPU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--frames", type=int, default=1, help="frames per image: a stack of this many planes")
+    p.add_argument("--tiles-always", action="store_true",
+                   help="the tile path even where the whole image fits one pass (as for an image beyond the memory budget)")
     p.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--defaults", action="store_true",
@@ -174,16 +187,18 @@ def main() -> None:
         for model in args.models:
             for amp in ([False, True] if device == "cuda" else [False]):
                 for size in sizes:
-                    tiled = run_child(model, device, amp, size, args.tile, args.overlap, args.threads)
+                    tiled = run_child(model, device, amp, size, args.tile, args.overlap, args.threads, args.frames,
+                                      args.tiles_always)
                     whole = None
                     if device == "cuda" or size <= args.whole_max:
-                        whole = run_child(model, device, amp, size, 0, 0, args.threads)
+                        whole = run_child(model, device, amp, size, 0, 0, args.threads, args.frames)
                     if tiled:
                         tiled["whole_mp_per_s"] = whole["mp_per_s"] if whole else None
                         tiled["whole_peak_gb"] = whole["peak_gb"] if whole else None
                         rows.append(tiled)
                         print(json.dumps(tiled), file=sys.stderr)
-    print(f"\ntile {args.tile}, overlap {args.overlap}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+    print(f"\ntile {args.tile}, overlap {args.overlap}{', tile path forced' if args.tiles_always else ''}"
+          f"{f', stacks of {args.frames} frames' if args.frames > 1 else ''}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
     print("| model | params | device | precision | image | bare network MP/s | tiled MP/s | tiled/bare | whole MP/s | tiled/whole | "
           "tiled peak GB | whole peak GB |")
@@ -193,7 +208,8 @@ def main() -> None:
         whole = f"{r['whole_mp_per_s']:.3f}" if r["whole_mp_per_s"] else "-"
         wpeak = f"{r['whole_peak_gb']:.2f}" if r["whole_peak_gb"] else "-"
         bare = f"{r['bare_mp_per_s']:.3f} | {r['mp_per_s'] / r['bare_mp_per_s']:.2f}" if r.get("bare_mp_per_s") else "- | -"
-        print(f"| {r['model']} | {r['params_M']:.2f} M | {r['device']} | {r['precision']} | {r['size']}² | {bare.split(' | ')[0]} | "
+        image = f"{r['frames']} x {r['size']}²" if r.get("frames", 1) > 1 else f"{r['size']}²"
+        print(f"| {r['model']} | {r['params_M']:.2f} M | {r['device']} | {r['precision']} | {image} | {bare.split(' | ')[0]} | "
               f"{r['mp_per_s']:.3f} | {bare.split(' | ')[1]} | {whole} | {ratio} | {r['peak_gb']:.2f} | {wpeak} |")
 
 

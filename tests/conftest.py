@@ -87,7 +87,21 @@ def dented_image():
 
 @pytest.fixture
 def two_tile_statistics(monkeypatch):
-    """Take the whole-image statistics from two 128-px tiles, so that more batches follow them."""
+    """Denoise in tiles and take the whole-image statistics from two of them, so that more batches follow them."""
+    import napari_emdenoise.inference as d
+    from napari_emdenoise import tiling
+
+    spread = tiling.calibration_tiles
+    monkeypatch.setattr(d, "_whole_pass_budget", lambda *a: 0)
+    monkeypatch.setattr(tiling, "calibration_tiles",
+                        lambda tiles, budget: spread(tiles, 2 * tiles[0].window().size))
+
+
+@pytest.fixture
+def tiled(monkeypatch):
+    """Denoise in tiles (with whole-image statistics from all of them jointly) even where the whole image would fit one
+    pass: for tests of the tile machinery itself, which otherwise only images beyond the memory budget reach."""
     import napari_emdenoise.inference as d
 
-    monkeypatch.setattr(d, "_calibration_budget", lambda *a: 2 * 128 * 128)
+    monkeypatch.setattr(d, "_whole_pass_budget", lambda *a: 0)
+    monkeypatch.setattr(d, "_calibration_budget", lambda *a: 10**12)

@@ -50,7 +50,7 @@ def test_mixed_precision_keeps_the_quality(case):
     assert abs(_psnr(mixed, sim.clean) - _psnr(fp32, sim.clean)) < 0.05
 
 
-def test_cuda_tiles_equal_the_whole_image(case):
+def test_cuda_tiles_equal_the_whole_image(case, tiled):
     sim, net = case
     whole = denoise(sim.noisy, net, device="cuda", tile=None, amp=False)
     tiled = denoise(sim.noisy, net, device="cuda", tile=192, overlap=32, amp=False)

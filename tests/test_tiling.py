@@ -72,3 +72,18 @@ def test_statistics_tiles_are_spread_over_the_image():
     assert middle is tiles[len(tiles) // 2]
     five = calibration_tiles(tiles, 5 * per)
     assert len(five) == 5 and len({t.rows.start for t in five}) >= 3
+
+
+@pytest.mark.parametrize("context", [24, 40, 300])
+def test_a_tile_too_small_for_the_networks_context_is_enlarged(context):
+    from napari_emdenoise.tiling import MAX_RAISED_TILE, strip_width
+
+    tiles = plan_tiles((1024, 1024), 128, 32, align=4, context=context)
+    side = tiles[0].rows.stop - tiles[0].rows.start
+    assert side == max(128, min(2 * strip_width(32, context), MAX_RAISED_TILE)) // 4 * 4
+    for t in tiles:  # every pixel with weight keeps `context` px (or the image edge) on each side
+        w = t.window()
+        weighted = np.nonzero(w.max(axis=0) > 0)[0]
+        need = min(context, (side - 16) // 2)
+        assert t.cols.start == 0 or weighted[0] >= need
+        assert t.cols.stop == 1024 or side - 1 - weighted[-1] >= need

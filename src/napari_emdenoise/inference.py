@@ -159,13 +159,36 @@ def _auto_batch(net: nn.Module, tile_px: int, device: torch.device, n_tiles: int
     return int(max(1, min(64, budget // per_tile, -(-n_tiles // 8))))
 
 
+BYTES_PER_CHANNEL_PX = 4 * 4  # float32, ~4 full-resolution activations alive at once during a pass
+MEMORY_SHARE = {"cpu": 0.4, "cuda": 0.5}  # of the available (CPU) or free (CUDA) memory one pass may fill
+
+
+def _memory_budget(net: nn.Module, device: torch.device) -> int:
+    """Pixels (of an image, or of tiles together) whose activations one pass may hold: a share of the memory
+    available now (not a constant, so a larger machine keeps larger images exact)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    share = MEMORY_SHARE.get(device.type, MEMORY_SHARE["cpu"])
+    return int(free * share // (_full_res_channels(net) * BYTES_PER_CHANNEL_PX))
+
+
+def _whole_pass_budget(net: nn.Module, device: torch.device) -> int:
+    """Pixels of the largest image a network with InstanceNorm denoises in one whole-image pass rather than in tiles.
+
+    One pass is the only exact way to normalise every layer with the whole image's statistics, and it is cheaper
+    than a joint batch of all tiles (no overlaps, no masks: 4.9 s against 9.5 s for 1536^2 px on 2 CPU cores);
+    tiles then only bound memory, for images beyond this."""
+    return _memory_budget(net, device)
+
+
 def _calibration_budget(net: nn.Module, device: torch.device) -> int:
-    """Pixels of tiles used jointly to take whole-image statistics (one batch, outputs kept)."""
-    # CPU: 512 MiB holds every tile of an image up to about 1000^2 px for ngf 32 (a sample of tiles
-    # gave up to 4.5% deviations from the whole-image pass on a 768x640 dented image, all tiles
-    # 0.16%); 1 GiB would cover 1400^2 but made 2048^2 images about 20% slower (docs/benchmarks.md)
-    budget = 4 * 2**30 if device.type == "cuda" else 512 * 2**20
-    return int(budget // (_full_res_channels(net) * 4 * 4))
+    """Pixels of tiles used jointly to take whole-image statistics (one batch, outputs kept) when the image is too
+    large for one pass; a spread subset of the tiles beyond that (a warning says so)."""
+    return _memory_budget(net, device)
 
 
 def _in_channels(net: nn.Module) -> int:
@@ -284,9 +307,40 @@ def _tiled_pass(
         if stats is not None:  # taken once for a whole image of which this array is a part
             for m, st in zip(nets.tile_norms(net), stats):
                 m.mode, m.stats = "fixed", tuple(v.to(device) for v in st)
-        elif len(tiles) > 1 and nets.tile_norms(net):
+        elif len(tiles) > 1 and nets.tile_norms(net) and x.size <= _whole_pass_budget(net, device):
+            # the whole image in one pass: exact whole-image statistics (tiles only bound memory)
+            def whole():
+                with torch.no_grad(), autocast:
+                    return net(to_batch([whole_tile]))
+
+            whole_tile = tiling.plan_tiles(x.shape, None, 0)[0]
+            try:
+                y = yield from _pass_with_progress(net, whole, progress_offset, len(tiles), progress_total, "denoise",
+                                                   "whole image")
+            except RuntimeError as exc:
+                if not _is_oom(exc):
+                    raise
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                warnings.warn(f"the whole {h}x{w} image did not fit in {device.type} memory at once: denoised in tiles",
+                              DenoiseWarning, stacklevel=2)
+            else:
+                out[:] = y.float().mean(dim=1)[0].cpu().numpy()
+                del y
+                yield Progress(progress_offset + len(tiles), progress_total)
+                return out[:h, :w]
+        if stats is None and len(tiles) > 1 and nets.tile_norms(net):
             # whole-image statistics from one joint batch; its outputs are final, so they count as done
             cal = tiling.calibration_tiles(tiles, _calibration_budget(net, device))
+            if len(cal) < len(tiles):
+                share = sum(t.core_mask().sum() for t in cal) / (h * w)
+                need = x.size * _full_res_channels(net) * BYTES_PER_CHANNEL_PX / MEMORY_SHARE.get(device.type, 0.4) / 2**30
+                warnings.warn(
+                    f"the {h}x{w} image is too large for whole-image normalisation in the {device.type} memory available: "
+                    f"its statistics come from {len(cal)} of its {len(tiles)} tiles ({100 * share:.0f} % of the image), so "
+                    "the result can differ from a whole-image pass in places (a few % of the range); with about "
+                    f"{need:.{0 if need >= 10 else 1}f} GiB of {'free GPU' if device.type == 'cuda' else 'available'} memory it is denoised exactly",
+                    DenoiseWarning, stacklevel=2)
             mask = torch.from_numpy(np.stack([t.core_mask() for t in cal])[:, None]).to(device)
             batch = to_batch(cal)
 
@@ -336,9 +390,14 @@ def _scaled_shape(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
     return max(8, round(shape[-2] * scale)), max(8, round(shape[-1] * scale))
 
 
-def _plan(shape: tuple[int, int], tile: int | None, overlap: int, align: int) -> list[tiling.Tile]:
+def _plan(shape: tuple[int, int], tile: int | None, overlap: int, net: nn.Module) -> list[tiling.Tile]:
+    """Tiles for an image of ``shape`` after padding to the network's size multiple, with the network's own context at
+    tile edges (measured only where the image takes more than one tile)."""
+    align = nets.size_multiple(net)
     padded = tuple(-(-n // align) * align for n in shape)
-    return tiling.plan_tiles(padded, tile, overlap, align=align)
+    split = tile is not None and max(padded) > tile
+    return tiling.plan_tiles(padded, tile, overlap, align=align,
+                             context=nets.context_px(net) if split else tiling.MIN_CONTEXT)
 
 
 # --------------------------------------------------------------------------- parts of an image denoised apart
@@ -380,8 +439,11 @@ def shared_state(sample: np.ndarray, net: nn.Module, *, tile: int | None = 512, 
         x = resample(x, _scaled_shape(x.shape, plan.scale))
     align = nets.size_multiple(net)
     x = nets.pad_to_multiple(torch.from_numpy(np.ascontiguousarray(x))[None, None], align)[0][0, 0].numpy()
-    tiles = _plan(x.shape, tile, overlap, align)
-    cal = tiling.calibration_tiles(tiles, _calibration_budget(net, dev)) if len(tiles) > 1 else tiles
+    tiles = _plan(x.shape, tile, overlap, net)
+    if len(tiles) == 1 or x.size <= _whole_pass_budget(net, dev):  # the whole sample in one pass: its exact statistics
+        cal = tiling.plan_tiles(x.shape, None, 0)
+    else:
+        cal = tiling.calibration_tiles(tiles, _calibration_budget(net, dev))
     batch = torch.from_numpy(np.stack([x[t.slices] for t in cal])[:, None]).to(dev)
     if _in_channels(net) != 1:
         batch = batch.repeat(1, _in_channels(net), 1, 1)
@@ -405,7 +467,6 @@ def denoise_part(part, net: nn.Module, shared: Shared, *, tile: int | None = 512
     info = model_info(net)
     dev = pick_device(device)
     net = net.to(dev).eval()
-    align = nets.size_multiple(net)
     planes = arr.reshape(-1, *arr.shape[-2:])
     out = np.empty(planes.shape, np.float32)
     for k, plane in enumerate(planes):
@@ -417,7 +478,7 @@ def denoise_part(part, net: nn.Module, shared: Shared, *, tile: int | None = 512
         x = normalize_with(plane, shared.lo, shared.hi, info.clip)
         if shared.plan.scale != 1.0:
             x = resample(x, _scaled_shape(x.shape, shared.plan.scale))
-        tiles = _plan(x.shape, tile, overlap, align)
+        tiles = _plan(x.shape, tile, overlap, net)
         first = tiles[0]
         bs = batch_size or _auto_batch(net, (first.rows.stop - first.rows.start) * (first.cols.stop - first.cols.start), dev,
                                        len(tiles))
@@ -508,8 +569,7 @@ def iter_denoise(
         prepared.append((finite if bad else None, bad, fill))
     bs = batch_size
     shapes = [_scaled_shape(p.shape, pl.scale) for p, pl in zip(planes, plans)]
-    align = nets.size_multiple(net)
-    tile_plans = [_plan(s, tile, overlap, align) for s in shapes]
+    tile_plans = [_plan(s, tile, overlap, net) for s in shapes]
     total = sum(len(t) for t in tile_plans)
     if bs is None:
         first = tile_plans[0][0]

@@ -33,11 +33,11 @@ def is_dask(x) -> bool:
     return type(x).__module__.split(".")[0] == "dask" and hasattr(x, "chunks") and hasattr(x, "map_blocks")
 
 
-def context(overlap: int, scale: float = 1.0) -> int:
+def context(overlap: int, scale: float = 1.0, net_context: int = tiling.MIN_CONTEXT) -> int:
     """Px of neighbouring chunks a chunk borrows: the widest strip a tile of the in-memory plan spends on context and
-    blending, in the input's pixels (a resampled image needs proportionally more)."""
-    strip = max(overlap, overlap // 2 + 2 * tiling.MIN_CONTEXT)
-    return int(np.ceil(strip / min(scale, 1.0))) + 4
+    blending (``net_context``: the network's own, :func:`.nets.context_px`), in the input's pixels (a resampled image
+    needs proportionally more)."""
+    return int(np.ceil(tiling.strip_width(overlap, net_context) / min(scale, 1.0))) + 4
 
 
 def _crop(arr, side: int):
@@ -127,7 +127,7 @@ def denoise_lazy(arr, model=None, *, tile: int | None = 512, overlap: int = 64, 
         plan = first.plan
         given = plan.period if (rescale and plan.scale != 1.0) else period
         align = nets.size_multiple(net)
-        d = min(context(overlap, first.plan.scale), h - 1, w - 1)
+        d = min(context(overlap, first.plan.scale, nets.context_px(net)), h - 1, w - 1)
         # every chunk at least as wide as the context it lends (dask would rechunk otherwise)
         plane_chunks = tuple(ensure_minimum_chunksize(d, c) if len(c) > 1 else c for c in arr.chunks[-2:])
         starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in plane_chunks]

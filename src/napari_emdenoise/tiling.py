@@ -20,9 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# px of context kept at a tile edge before its blending weight rises above 0; 16 was enough for a
-# small model, the bundled ngf-32 model needs 24 to stay within 0.6% of a whole-image pass
+# px of context kept at a tile edge before its blending weight rises above 0, for callers that do not measure their
+# network's own (:func:`napari_emdenoise.nets.context_px`: 31 px for the bundled model, 40-44 for reference ResNets)
 MIN_CONTEXT = 24
+MAX_RAISED_TILE = 1024  # px: a tile too small for the network's context is enlarged, up to this
+
+
+def strip_width(overlap: int, context: int = MIN_CONTEXT) -> int:
+    """Px two neighbouring tiles share: the blend zone (half the overlap) plus ``context`` on each side of it."""
+    return max(overlap, int(np.ceil(overlap / 2)) + 2 * context) if overlap else 0
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ def _rise(x: np.ndarray, centre: float, width: float) -> np.ndarray:
     return np.sin(np.pi / 2 * t) ** 2
 
 
-def plan_axis(n: int, tile: int, overlap: int, align: int = 1) -> list[AxisTile]:
+def plan_axis(n: int, tile: int, overlap: int, align: int = 1, context: int = MIN_CONTEXT) -> list[AxisTile]:
     """Tiles along one axis of length n: evenly spaced, all of one size of at most ``tile``.
 
     The size is the smallest that covers n with as few tiles as ``tile`` would need, so an
@@ -74,7 +80,7 @@ def plan_axis(n: int, tile: int, overlap: int, align: int = 1) -> list[AxisTile]
     if n <= tile:
         return [AxisTile(0, n, 0, n, np.ones(n))]
     zone = overlap / 2
-    strip = min(max(overlap, int(np.ceil(zone)) + 2 * MIN_CONTEXT), tile // 2) if overlap else 0
+    strip = min(strip_width(overlap, context), tile // 2)
 
     def count_for(size: int) -> int:
         step = max(1, (size - strip) // align)  # largest start-to-start distance, in align units
@@ -106,11 +112,14 @@ def plan_axis(n: int, tile: int, overlap: int, align: int = 1) -> list[AxisTile]
     return out
 
 
-def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, align: int = 1) -> list[Tile]:
+def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, align: int = 1,
+               context: int = MIN_CONTEXT) -> list[Tile]:
     """Tiles covering a 2D image; ``tile=None`` gives one tile, the whole image.
 
     With ``align`` > 1 the image sides must be multiples of it (see :func:`napari_emdenoise.nets.pad_to_multiple`);
-    the tile size is rounded down to a multiple of it (at least ``align``).
+    the tile size is rounded down to a multiple of it (at least ``align``). A tile smaller than twice the strip that
+    ``context`` needs (:func:`strip_width`) is enlarged to it, up to :data:`MAX_RAISED_TILE`: a smaller one would
+    compute pixels whose convolutions reach the tile's edge.
     """
     h, w = shape
     if tile is None:
@@ -121,8 +130,9 @@ def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, align: in
         raise ValueError(f"overlap must be between 0 and half the tile ({tile // 2} px), got {overlap}")
     if h % align or w % align:
         raise ValueError(f"image sides {shape} must be multiples of {align}; pad the image first")
+    tile = max(tile, min(2 * strip_width(overlap, context), MAX_RAISED_TILE))
     tile = max(align, tile // align * align)
-    return [Tile(r, c) for r in plan_axis(h, tile, overlap, align) for c in plan_axis(w, tile, overlap, align)]
+    return [Tile(r, c) for r in plan_axis(h, tile, overlap, align, context) for c in plan_axis(w, tile, overlap, align, context)]
 
 
 def calibration_tiles(tiles: list[Tile], budget_px: int) -> list[Tile]:
