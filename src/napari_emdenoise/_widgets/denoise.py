@@ -95,8 +95,9 @@ class DenoiseWidget(JobWidget):
                                      "±2 x threshold): red where the data are brighter (something erased), blue "
                                      "where the output is brighter (something invented)")
         self._tile = SpinBox(value=512, min=0, max=8192, step=32, label="tile (px)",
-                             tooltip="the image is denoised in tiles of this size, blended seamlessly; smaller tiles "
-                                     "need less memory; 0: the whole image in one pass")
+                             tooltip="an image too large for one pass in the memory available is denoised in tiles "
+                                     "of this size (enlarged if the network needs more context), blended seamlessly; "
+                                     "smaller tiles need less memory; 0: always the whole image in one pass")
         self._overlap = SpinBox(value=64, min=0, max=1024, step=8, label="overlap (px)",
                                 tooltip="how far neighbouring tiles overlap; the blend hides their seams")
         self._device = ComboBox(choices=available_devices(), value="auto", label="device",

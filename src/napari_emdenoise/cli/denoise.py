@@ -32,7 +32,8 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--model", type=Path, default=None,
                    help="checkpoint: a reference *_net_G_A.pth or a .safetensors model (default: the bundled model)")
-    p.add_argument("--tile", type=int, default=512, help="tile size in px; 0 runs each image in one pass")
+    p.add_argument("--tile", type=int, default=512, help="tile size in px for an image too large for one pass in the memory available (with an InstanceNorm "
+                        "generator, any image that fits goes whole: exact statistics); 0 runs each image in one pass")
     p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in px (at most half the tile)")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: from the device's memory)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="compute device")
