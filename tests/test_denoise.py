@@ -394,3 +394,15 @@ def test_a_constant_image_comes_back_unchanged_with_a_note():
     with pytest.warns(DenoiseWarning, match=r"\(plane 0\) is constant"):
         out = denoise(stack, tile=None)
     assert np.all(out[0] == 3) and out[1].std() > 0
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 65_537])
+def test_percentiles_on_a_device_match_numpy(n):
+    """The intensity mapping taken on a GPU (order statistics with torch) is numpy's, to float precision."""
+    from napari_emdenoise.inference import _order_percentiles
+
+    values = np.random.default_rng(n).gamma(2.0, 3.0, n).astype(np.float32)
+    qs = (0.0, 0.5, 1.0, 50.0, 99.5, 100.0)
+    got = _order_percentiles(torch.from_numpy(values), qs)
+    np.testing.assert_allclose(got, np.percentile(values, qs), rtol=1e-6, atol=1e-6)
+

@@ -274,6 +274,77 @@ def _layer_progress(net: nn.Module, run: Callable[[], torch.Tensor], every_s: fl
     return result["value"]
 
 
+def _percentiles(t: torch.Tensor, qs: tuple[float, ...]) -> list[float]:
+    """``np.percentile`` (linear) of every pixel of ``t``, computed where ``t`` lives: order statistics on a GPU
+    (no copy back of the plane), numpy on the CPU (its selection is faster there than torch's)."""
+    if t.device.type == "cpu":
+        return [float(v) for v in np.percentile(t.numpy(), qs)]
+    return _order_percentiles(t, qs)
+
+
+def _order_percentiles(t: torch.Tensor, qs: tuple[float, ...]) -> list[float]:
+    """``np.percentile``'s linear interpolation between order statistics, with torch on any device."""
+    flat = t.reshape(-1)
+    n = flat.numel()
+    out = []
+    for q in qs:
+        pos = q / 100.0 * (n - 1)
+        k = int(np.floor(pos))
+        a = float(flat.kthvalue(k + 1).values)
+        b = float(flat.kthvalue(min(k + 2, n)).values) if pos > k else a
+        out.append(a + (b - a) * (pos - k))
+    return out
+
+
+def _intensity_range(t: torch.Tensor, info: ModelInfo) -> tuple[float, float]:
+    """The [norm_low, norm_high] percentiles of a plane (all finite by now), as :func:`normalize` takes them."""
+    lo, hi = _percentiles(t, (info.norm_low, info.norm_high))
+    if not hi > lo:
+        lo, hi = float(t.min()), float(t.max())
+    if not hi > lo:
+        hi = lo + max(1.0, abs(lo) * 1e-3)
+    return lo, hi
+
+
+def _fits_whole(net: nn.Module, shape: tuple[int, int], tiles: list[tiling.Tile], device: torch.device) -> bool:
+    """Whether a (resampled) plane goes through in one pass: one tile anyway, or a generator with InstanceNorm and an
+    image whose pass fits the memory budget (the only exact whole-image statistics; see :func:`_whole_pass_budget`)."""
+    if len(tiles) == 1:
+        return True
+    align = nets.size_multiple(net)
+    padded = (-(-shape[0] // align) * align) * (-(-shape[1] // align) * align)
+    return bool(nets.tile_norms(net)) and padded <= _whole_pass_budget(net, device)
+
+
+def _whole_pass(net: nn.Module, x: torch.Tensor, device: torch.device, amp: bool, done: float, span: int, total: int,
+                ) -> Generator[Progress, None, torch.Tensor | None]:
+    """One forward pass of a whole normalised plane already on the device (padded to the network's grid, cropped back);
+    progress per layer every :data:`PROGRESS_EVERY_S`. Returns the output on the device, or None where the device ran
+    out of memory (the caller goes to tiles)."""
+    h, w = x.shape
+    batch = nets.pad_to_multiple(x[None, None], nets.size_multiple(net))[0]
+    if _in_channels(net) != 1:  # an RGB model sees the grey image in every channel
+        batch = batch.repeat(1, _in_channels(net), 1, 1)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
+
+    def whole():
+        with torch.no_grad(), autocast:
+            return net(batch)
+
+    nets.set_norm_mode(net, "instance")
+    try:
+        y = yield from _pass_with_progress(net, whole, done, span, total, "denoise", "whole image")
+    except RuntimeError as exc:
+        if not _is_oom(exc):
+            raise
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        warnings.warn(f"the whole {h}x{w} image did not fit in {device.type} memory at once: denoised in tiles",
+                      DenoiseWarning, stacklevel=3)
+        return None
+    return y.float().mean(dim=1)[0, :h, :w]  # a 3-channel output is averaged to grey
+
+
 def _tiled_pass(
     net: nn.Module, x: np.ndarray, tiles: list[tiling.Tile], batch_size: int, device: torch.device,
     amp: bool, progress_offset: int, progress_total: int, stats: list | None = None,
@@ -307,29 +378,7 @@ def _tiled_pass(
         if stats is not None:  # taken once for a whole image of which this array is a part
             for m, st in zip(nets.tile_norms(net), stats):
                 m.mode, m.stats = "fixed", tuple(v.to(device) for v in st)
-        elif len(tiles) > 1 and nets.tile_norms(net) and x.size <= _whole_pass_budget(net, device):
-            # the whole image in one pass: exact whole-image statistics (tiles only bound memory)
-            def whole():
-                with torch.no_grad(), autocast:
-                    return net(to_batch([whole_tile]))
-
-            whole_tile = tiling.plan_tiles(x.shape, None, 0)[0]
-            try:
-                y = yield from _pass_with_progress(net, whole, progress_offset, len(tiles), progress_total, "denoise",
-                                                   "whole image")
-            except RuntimeError as exc:
-                if not _is_oom(exc):
-                    raise
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                warnings.warn(f"the whole {h}x{w} image did not fit in {device.type} memory at once: denoised in tiles",
-                              DenoiseWarning, stacklevel=2)
-            else:
-                out[:] = y.float().mean(dim=1)[0].cpu().numpy()
-                del y
-                yield Progress(progress_offset + len(tiles), progress_total)
-                return out[:h, :w]
-        if stats is None and len(tiles) > 1 and nets.tile_norms(net):
+        elif len(tiles) > 1 and nets.tile_norms(net):
             # whole-image statistics from one joint batch; its outputs are final, so they count as done
             cal = tiling.calibration_tiles(tiles, _calibration_budget(net, device))
             if len(cal) < len(tiles):
@@ -601,17 +650,30 @@ def iter_denoise(
             done += len(tile_plans[k])
             yield Progress(done, total)
             continue
-        x, lo, hi = normalize(plane, info.norm_low, info.norm_high, info.clip)
-        if plans[k].scale != 1.0:
-            x = resample(x, shapes[k])
-        y = yield from _tiled_pass(net, x, tile_plans[k], bs, dev, amp, done, total)
+        # on the device from here: one upload, the intensity mapping, the pass, the mapping back, one copy back
+        t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32)).to(dev)
+        lo, hi = _intensity_range(t, info)
+        x = ((t - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - 1.0).clamp_(-info.clip, info.clip)  # as normalize_with
+        del t
+        if plans[k].scale != 1.0:  # cubic-spline resampling on the CPU (scipy), as before
+            x = torch.from_numpy(resample(x.cpu().numpy(), shapes[k])).to(dev)
+        y = None
+        if _fits_whole(net, shapes[k], tile_plans[k], dev):
+            y = yield from _whole_pass(net, x, dev, amp, done, len(tile_plans[k]), total)
+            if y is not None:
+                yield Progress(done + len(tile_plans[k]), total)
+        if y is None:
+            y = yield from _tiled_pass(net, x.cpu().numpy(), tile_plans[k], bs, dev, amp, done, total)
+            y = torch.from_numpy(y).to(dev)
+        del x
         done += len(tile_plans[k])
-        if y.shape != plane.shape:
-            y = resample(y, plane.shape)
-        y = denormalize(y, lo, hi)
+        if tuple(y.shape) != plane.shape:
+            y = torch.from_numpy(resample(y.cpu().numpy(), plane.shape)).to(dev)
+        y = y * np.float32((hi - lo) / 2.0) + np.float32((hi + lo) / 2.0)  # as denormalize
+        out[k] = (-y if invert else y).cpu().numpy()
+        del y
         if bad:
-            y[~finite] = np.nan
-        out[k] = -y if invert else y
+            out[k][~finite] = np.nan
     return out.reshape(arr.shape)
 
 

@@ -48,10 +48,13 @@ def _analysis_crop(image: np.ndarray, max_side: int = 1024) -> np.ndarray:
 
 def estimate_period(image: np.ndarray, min_period: float = MIN_PERIOD, max_period: float = MAX_PERIOD) -> PeriodEstimate:
     """Estimate the lattice period (px) of a 2D image from its strongest Bragg reflection."""
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim != 2:
-        raise ValueError(f"estimate_period needs a 2D image, got shape {img.shape}")
-    img = _analysis_crop(np.where(np.isfinite(img), img, np.nanmedian(img) if np.isfinite(img).any() else 0.0))
+    if np.ndim(image) != 2:
+        raise ValueError(f"estimate_period needs a 2D image, got shape {np.shape(image)}")
+    img = _analysis_crop(np.asarray(image)).astype(np.float64)  # crop first: a 4096^2 frame costs what 1024^2 does
+    finite = np.isfinite(img)
+    if not finite.all():  # NaN/Inf pixels count as the whole image's median (computed only then)
+        whole = np.asarray(image, dtype=np.float64)
+        img = np.where(finite, img, np.nanmedian(whole) if np.isfinite(whole).any() else 0.0)
     h, w = img.shape
     if min(h, w) < 16 or img.std() == 0:
         return PeriodEstimate(None, 0.0, 0.0)
