@@ -406,3 +406,24 @@ def test_percentiles_on_a_device_match_numpy(n):
     got = _order_percentiles(torch.from_numpy(values), qs)
     np.testing.assert_allclose(got, np.percentile(values, qs), rtol=1e-6, atol=1e-6)
 
+
+
+def test_the_whole_image_pass_reports_progress_and_cancels_between_layers(trained_model, dented_image, monkeypatch):
+    import napari_emdenoise.inference as inference
+
+    net = load_generator(trained_model)
+    monkeypatch.setattr(inference, "PROGRESS_EVERY_S", 0.0)
+    events = []
+    denoise(dented_image.noisy, net, tile=128, overlap=32, progress=events.append)
+    inside = [e for e in events if "whole image" in e.message]
+    assert inside and all(0 <= e.done < e.total for e in inside) and events[-1].done == events[-1].total
+    stop = threading.Event()
+
+    def on_progress(p):
+        if "whole image" in p.message:
+            stop.set()  # Cancel pressed during the one long pass
+
+    with pytest.raises(Cancelled):
+        denoise(dented_image.noisy, net, tile=128, overlap=32, progress=on_progress, cancel=stop)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+    assert all(m.mode == "instance" for m in tile_norms(net))

@@ -206,3 +206,40 @@ def test_mask_and_check_remove_what_a_killed_run_left_half_written(tmp_path, sca
     (out / ".scan_mask.tif.x1.part").write_bytes(b"half")
     assert main(["mask", str(scan), "-o", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["scan_mask.tif"]
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_the_memory_budget_respects_a_container_or_job_limit(tmp_path, version):
+    """psutil sees the whole machine; a SLURM job or a container may have far less: a whole-image pass sized by the
+    machine would get the process killed."""
+    from napari_emdenoise.devices import available_memory
+
+    gib = 2**30
+    if version == "v2":
+        job = tmp_path / "system.slice" / "job_42" / "step_0"
+        job.mkdir(parents=True)
+        (tmp_path / "system.slice" / "job_42" / "memory.max").write_text(f"{8 * gib}\n")
+        (tmp_path / "system.slice" / "job_42" / "memory.current").write_text(f"{5 * gib}\n")
+        (job / "memory.max").write_text("max\n")
+        (job / "memory.current").write_text(f"{5 * gib}\n")
+        proc = "0::/system.slice/job_42/step_0\n"
+    else:
+        (tmp_path / "memory" / "docker" / "abc").mkdir(parents=True)
+        (tmp_path / "memory" / "docker" / "abc" / "memory.limit_in_bytes").write_text(f"{4 * gib}\n")
+        (tmp_path / "memory" / "docker" / "abc" / "memory.usage_in_bytes").write_text(f"{1 * gib}\n")
+        proc = "9:cpuset:/docker/abc\n4:memory:/docker/abc\n"
+    (tmp_path / "self_cgroup").write_text(proc)
+    room = available_memory(str(tmp_path), str(tmp_path / "self_cgroup"))
+    assert room == 3 * gib
+    assert available_memory(str(tmp_path), str(tmp_path / "absent")) > 0  # no cgroup file: the machine's figure
+
+
+def test_an_address_space_limit_bounds_the_budget():
+    import subprocess
+    import sys
+
+    code = ("import resource, psutil; from napari_emdenoise.devices import available_memory; "
+            "vms = psutil.Process().memory_info().vms; resource.setrlimit(resource.RLIMIT_AS, (vms + 2**30, vms + 2**30)); "
+            "print(available_memory() / 2**30)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert 0.9 < float(out) <= 1.0

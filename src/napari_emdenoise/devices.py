@@ -40,3 +40,59 @@ def available_devices() -> list[str]:
     """The choices of a device setting: ``auto`` (the fastest found), then each kind of device found."""
     kinds = {d.split(":")[0].split(" ")[0] for d in devices()}
     return ["auto", *(k for k in ("cuda", "mps") if k in kinds), "cpu"]
+
+
+def _cgroup_room(root: str, proc_cgroup: str) -> int | None:
+    """Bytes left under the memory limit of this process's cgroup or any cgroup above it (a container, a SLURM job),
+    v2 or v1; None where none is set or it cannot be read."""
+    from pathlib import Path
+
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    room = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":  # v2
+            base, limit_name, usage_name = Path(root), "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):  # v1
+            base, limit_name, usage_name = Path(root) / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        d = base / path.lstrip("/")
+        while True:  # the process's own cgroup and every one above it
+            try:
+                limit = (d / limit_name).read_text().strip()
+                usage = int((d / usage_name).read_text().strip())
+                if limit.isdigit() and int(limit) < 2**60:
+                    left = max(0, int(limit) - usage)
+                    room = left if room is None else min(room, left)
+            except (OSError, ValueError):
+                pass
+            if d == base or d.parent == d:
+                break
+            d = d.parent
+    return room
+
+
+def available_memory(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:
+    """Bytes of RAM this process may still fill: what the system has available, bounded by a container's or a job's
+    cgroup limit (psutil sees the whole machine) and by an address-space limit (``ulimit -v``) where one is set."""
+    import psutil
+
+    free = psutil.virtual_memory().available
+    room = _cgroup_room(root, proc_cgroup)
+    if room is not None:
+        free = min(free, room)
+    try:
+        import resource
+    except ImportError:  # Windows
+        return free
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        free = min(free, max(0, soft - psutil.Process().memory_info().vms))
+    return free

@@ -21,7 +21,7 @@ from torch import nn
 from . import nets, tiling
 from .jobs import Event, Stopped, drive
 from .checkpoints import ModelInfo, load_generator, model_info
-from .devices import available_devices, devices, pick_device  # noqa: F401 - the public names live here too
+from .devices import available_devices, available_memory, devices, pick_device  # noqa: F401 - the public names live here too
 from .lattice import estimate_period, resample
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "default.safetensors"
@@ -165,13 +165,12 @@ MEMORY_SHARE = {"cpu": 0.4, "cuda": 0.5}  # of the available (CPU) or free (CUDA
 
 def _memory_budget(net: nn.Module, device: torch.device) -> int:
     """Pixels (of an image, or of tiles together) whose activations one pass may hold: a share of the memory
-    available now (not a constant, so a larger machine keeps larger images exact)."""
+    available now (not a constant, so a larger machine keeps larger images exact; within a container's or job's
+    limit, :func:`.devices.available_memory`)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
-        import psutil
-
-        free = psutil.virtual_memory().available
+        free = available_memory()
     share = MEMORY_SHARE.get(device.type, MEMORY_SHARE["cpu"])
     return int(free * share // (_full_res_channels(net) * BYTES_PER_CHANNEL_PX))
 
