@@ -79,21 +79,33 @@ def normalize(image: np.ndarray, low: float, high: float, clip: float = CLIP) ->
     """Map the [low, high] percentiles of the finite pixels to [-1, 1] (clipped at +-clip)."""
     finite = image[np.isfinite(image)]
     lo, hi = (float(v) for v in np.percentile(finite, [low, high]))
-    if not hi > lo:
-        lo, hi = float(finite.min()), float(finite.max())
-    if not hi > lo:  # a constant image: any scale will do, as long as it is not zero at this magnitude
-        hi = lo + max(1.0, abs(lo) * 1e-3)
+    lo, hi = _usable_range(lo, hi, lambda: (float(finite.min()), float(finite.max())))
     return normalize_with(image, lo, hi, clip), lo, hi
 
 
-def normalize_with(image: np.ndarray, lo: float, hi: float, clip: float = CLIP) -> np.ndarray:
-    """Map ``lo`` and ``hi`` to -1 and 1 (clipped at +-clip): the intensity mapping taken from elsewhere (a sample)."""
-    x = (image.astype(np.float32) - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - np.float32(1.0)
+def _usable_range(lo: float, hi: float, extremes: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    """``lo``, ``hi`` (percentiles), or the extremes where they coincide; a constant image gets any scale that is not
+    zero at its magnitude."""
+    if not hi > lo:
+        lo, hi = extremes()
+    if not hi > lo:
+        hi = lo + max(1.0, abs(lo) * 1e-3)
+    return lo, hi
+
+
+def normalize_with(image, lo: float, hi: float, clip: float = CLIP):
+    """Map ``lo`` and ``hi`` to -1 and 1 (clipped at +-clip): the intensity mapping taken from elsewhere (a sample).
+    A numpy array gives float32 numpy; a torch tensor a float32 tensor on its device."""
+    x = image.float() if isinstance(image, torch.Tensor) else image.astype(np.float32)
+    x = (x - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - np.float32(1.0)
+    if isinstance(x, torch.Tensor):
+        return x.clamp_(-clip, clip)
     np.clip(x, -clip, clip, out=x)
     return x
 
 
-def denormalize(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+def denormalize(x, lo: float, hi: float):
+    """The inverse of :func:`normalize_with`, in place (numpy array or torch tensor)."""
     x *= np.float32((hi - lo) / 2.0)
     x += np.float32((hi + lo) / 2.0)
     return x
@@ -163,6 +175,11 @@ BYTES_PER_CHANNEL_PX = 4 * 4  # float32, ~4 full-resolution activations alive at
 MEMORY_SHARE = {"cpu": 0.4, "cuda": 0.5}  # of the available (CPU) or free (CUDA) memory one pass may fill
 
 
+def _memory_per_px(net: nn.Module, device: torch.device) -> float:
+    """Bytes of free memory a pixel of one pass asks for: its activations over the share a pass may fill."""
+    return _full_res_channels(net) * BYTES_PER_CHANNEL_PX / MEMORY_SHARE.get(device.type, MEMORY_SHARE["cpu"])
+
+
 def _memory_budget(net: nn.Module, device: torch.device) -> int:
     """Pixels (of an image, or of tiles together) whose activations one pass may hold: a share of the memory
     available now (not a constant, so a larger machine keeps larger images exact; within a container's or job's
@@ -171,8 +188,7 @@ def _memory_budget(net: nn.Module, device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
     else:
         free = available_memory()
-    share = MEMORY_SHARE.get(device.type, MEMORY_SHARE["cpu"])
-    return int(free * share // (_full_res_channels(net) * BYTES_PER_CHANNEL_PX))
+    return int(free // _memory_per_px(net, device))
 
 
 def _whole_pass_budget(net: nn.Module, device: torch.device) -> int:
@@ -298,11 +314,7 @@ def _order_percentiles(t: torch.Tensor, qs: tuple[float, ...]) -> list[float]:
 def _intensity_range(t: torch.Tensor, info: ModelInfo) -> tuple[float, float]:
     """The [norm_low, norm_high] percentiles of a plane (all finite by now), as :func:`normalize` takes them."""
     lo, hi = _percentiles(t, (info.norm_low, info.norm_high))
-    if not hi > lo:
-        lo, hi = float(t.min()), float(t.max())
-    if not hi > lo:
-        hi = lo + max(1.0, abs(lo) * 1e-3)
-    return lo, hi
+    return _usable_range(lo, hi, lambda: (float(t.min()), float(t.max())))
 
 
 def _fits_whole(net: nn.Module, shape: tuple[int, int], tiles: list[tiling.Tile], device: torch.device) -> bool:
@@ -310,9 +322,8 @@ def _fits_whole(net: nn.Module, shape: tuple[int, int], tiles: list[tiling.Tile]
     image whose pass fits the memory budget (the only exact whole-image statistics; see :func:`_whole_pass_budget`)."""
     if len(tiles) == 1:
         return True
-    align = nets.size_multiple(net)
-    padded = (-(-shape[0] // align) * align) * (-(-shape[1] // align) * align)
-    return bool(nets.tile_norms(net)) and padded <= _whole_pass_budget(net, device)
+    h, w = _padded_shape(shape, net)
+    return bool(nets.tile_norms(net)) and h * w <= _whole_pass_budget(net, device)
 
 
 def _whole_pass(net: nn.Module, x: torch.Tensor, device: torch.device, amp: bool, done: float, span: int, total: int,
@@ -382,7 +393,7 @@ def _tiled_pass(
             cal = tiling.calibration_tiles(tiles, _calibration_budget(net, device))
             if len(cal) < len(tiles):
                 share = sum(t.core_mask().sum() for t in cal) / (h * w)
-                need = x.size * _full_res_channels(net) * BYTES_PER_CHANNEL_PX / MEMORY_SHARE.get(device.type, 0.4) / 2**30
+                need = x.size * _memory_per_px(net, device) / 2**30
                 warnings.warn(
                     f"the {h}x{w} image is too large for whole-image normalisation in the {device.type} memory available: "
                     f"its statistics come from {len(cal)} of its {len(tiles)} tiles ({100 * share:.0f} % of the image), so "
@@ -438,13 +449,18 @@ def _scaled_shape(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
     return max(8, round(shape[-2] * scale)), max(8, round(shape[-1] * scale))
 
 
+def _padded_shape(shape: tuple[int, int], net: nn.Module) -> tuple[int, int]:
+    """``shape`` padded to the network's size multiple, as :func:`.nets.pad_to_multiple` pads an image."""
+    align = nets.size_multiple(net)
+    return -(-shape[0] // align) * align, -(-shape[1] // align) * align
+
+
 def _plan(shape: tuple[int, int], tile: int | None, overlap: int, net: nn.Module) -> list[tiling.Tile]:
     """Tiles for an image of ``shape`` after padding to the network's size multiple, with the network's own context at
     tile edges (measured only where the image takes more than one tile)."""
-    align = nets.size_multiple(net)
-    padded = tuple(-(-n // align) * align for n in shape)
+    padded = _padded_shape(shape, net)
     split = tile is not None and max(padded) > tile
-    return tiling.plan_tiles(padded, tile, overlap, align=align,
+    return tiling.plan_tiles(padded, tile, overlap, align=nets.size_multiple(net),
                              context=nets.context_px(net) if split else tiling.MIN_CONTEXT)
 
 
@@ -488,7 +504,7 @@ def shared_state(sample: np.ndarray, net: nn.Module, *, tile: int | None = 512, 
     align = nets.size_multiple(net)
     x = nets.pad_to_multiple(torch.from_numpy(np.ascontiguousarray(x))[None, None], align)[0][0, 0].numpy()
     tiles = _plan(x.shape, tile, overlap, net)
-    if len(tiles) == 1 or x.size <= _whole_pass_budget(net, dev):  # the whole sample in one pass: its exact statistics
+    if _fits_whole(net, x.shape, tiles, dev):  # the whole sample in one pass: its exact statistics
         cal = tiling.plan_tiles(x.shape, None, 0)
     else:
         cal = tiling.calibration_tiles(tiles, _calibration_budget(net, dev))
@@ -652,7 +668,7 @@ def iter_denoise(
         # on the device from here: one upload, the intensity mapping, the pass, the mapping back, one copy back
         t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32)).to(dev)
         lo, hi = _intensity_range(t, info)
-        x = ((t - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - 1.0).clamp_(-info.clip, info.clip)  # as normalize_with
+        x = normalize_with(t, lo, hi, info.clip)
         del t
         if plans[k].scale != 1.0:  # cubic-spline resampling on the CPU (scipy), as before
             x = torch.from_numpy(resample(x.cpu().numpy(), shapes[k])).to(dev)
@@ -668,7 +684,7 @@ def iter_denoise(
         done += len(tile_plans[k])
         if tuple(y.shape) != plane.shape:
             y = torch.from_numpy(resample(y.cpu().numpy(), plane.shape)).to(dev)
-        y = y * np.float32((hi - lo) / 2.0) + np.float32((hi + lo) / 2.0)  # as denormalize
+        y = denormalize(y, lo, hi)
         out[k] = (-y if invert else y).cpu().numpy()
         del y
         if bad:
