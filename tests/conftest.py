@@ -105,3 +105,22 @@ def tiled(monkeypatch):
 
     monkeypatch.setattr(d, "_whole_pass_budget", lambda *a: 0)
     monkeypatch.setattr(d, "_calibration_budget", lambda *a: 10**12)
+
+
+@pytest.fixture
+def tiny_training(qtbot):
+    """Run a Train dock for 3 iterations of 32-px crops with the small preset (no consistency term, no fidelity
+    report) into ``out``, and wait (at most ``timeout`` ms) until it has finished."""
+
+    def run(w, out, timeout: int):
+        w._preset.value = "small"
+        w._consistency.value = 0.0
+        w._report.value = False
+        w._crop.value = 32
+        w._iters.value = 3
+        w._out.value = out
+        with qtbot.waitSignal(w.start().finished, timeout=timeout):
+            pass
+
+    return run
+

@@ -18,6 +18,15 @@ def widget(make_napari_viewer, trained_model):
     return viewer, w
 
 
+def _denoise(qtbot, viewer, w, layer: str) -> None:
+    """Run the dock at tiles of 128 (overlap 32) and wait until ``layer`` is in the viewer."""
+    w._tile.value, w._overlap.value = 128, 32
+    worker = w.start()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: layer in viewer.layers, timeout=5_000)
+
+
 def test_denoise_adds_a_layer_with_the_input_shape_and_scale(widget, qtbot):
     viewer, w = widget
     sim = simulate(size=(200, 240), period=12, dose=6, dents=1, seed=1)
@@ -26,11 +35,7 @@ def test_denoise_adds_a_layer_with_the_input_shape_and_scale(widget, qtbot):
     qtbot.waitUntil(lambda: "estimated 12" in w._period_label.value, timeout=10_000)  # estimated in a worker
     assert "resnet_6blocks" in w._model_label.value
     assert w._stack.native.isHidden()  # a 2D image has no stack option
-    w._tile.value, w._overlap.value = 128, 32
-    worker = w.start()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    qtbot.waitUntil(lambda: "scan denoised" in viewer.layers, timeout=5_000)
+    _denoise(qtbot, viewer, w, "scan denoised")
     out = viewer.layers["scan denoised"]
     assert out.data.shape == (200, 240)
     assert tuple(out.scale) == pytest.approx((0.03, 0.03))
@@ -51,11 +56,7 @@ def test_consistency_map_layer_when_asked_for(widget, qtbot):
     viewer.add_image(sim.noisy, name="scan", scale=(0.03, 0.03), translate=(1.0, 2.0))
     assert not w._map.value  # off by default
     w._map.value = True
-    w._tile.value, w._overlap.value = 128, 32
-    worker = w.start()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    qtbot.waitUntil(lambda: "scan consistency" in viewer.layers, timeout=5_000)
+    _denoise(qtbot, viewer, w, "scan consistency")
     assert [layer.name for layer in viewer.layers] == ["scan", "scan denoised", "scan consistency"]
     z = viewer.layers["scan consistency"]
     assert z.data.shape == (160, 192) and z.data.dtype == np.float32
@@ -191,11 +192,7 @@ def test_a_dask_layer_gets_a_lazy_result_then_denoise_all(widget, qtbot):
     viewer.add_image(da.from_array(stack, chunks=(1, 128, 160)), name="series", scale=(1, 0.02, 0.02))
     assert w._stack.native.isHidden()  # a lazy layer is denoised whole, slice by slice as it is shown
     viewer.dims.set_point(0, 1)
-    w._tile.value, w._overlap.value = 128, 32
-    worker = w.start()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    qtbot.waitUntil(lambda: "series denoised" in viewer.layers, timeout=5_000)
+    _denoise(qtbot, viewer, w, "series denoised")
     out = viewer.layers["series denoised"]
     assert isinstance(out.data, da.Array) and out.data.shape == stack.shape and out.metadata["lazy"]
     assert tuple(out.scale) == pytest.approx((1, 0.02, 0.02))

@@ -55,7 +55,7 @@ def test_every_dock_fits_a_laptop_screen_and_explains_every_control(make_napari_
 
 
 def test_the_activity_dock_shows_denoise_mask_preview_build_and_train(make_napari_viewer, qtbot, tmp_path,
-                                                                      recorded_progress):
+                                                                      recorded_progress, tiny_training):
     viewer = make_napari_viewer()
     viewer.add_image(simulate(size=128, period=10, dents=1, seed=2).noisy, name="scan", scale=(0.02, 0.02))
     denoise = DenoiseWidget(viewer)
@@ -77,14 +77,7 @@ def test_the_activity_dock_shows_denoise_mask_preview_build_and_train(make_napar
     train = TrainWidget(viewer)
     viewer.window.add_dock_widget(train)
     train._mode.value = PAIRED_SIM
-    train._preset.value = "small"
-    train._consistency.value = 0.0
-    train._report.value = False
-    train._crop.value = 32
-    train._iters.value = 3
-    train._out.value = tmp_path / "run"
-    with qtbot.waitSignal(train.start().finished, timeout=120_000):
-        pass
+    tiny_training(train, tmp_path / "run", timeout=120_000)
     assert recorded_progress == ["Denoising", "Dent mask preview", "Building the target set", "Training"]
 
 

@@ -87,7 +87,7 @@ def test_closing_napari_during_training_keeps_a_checkpoint(make_napari_viewer, q
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["iteration"] >= 2
 
 
-def test_self_supervised_from_a_layer_and_fields_follow_the_method(make_napari_viewer, qtbot, tmp_path):
+def test_self_supervised_from_a_layer_and_fields_follow_the_method(make_napari_viewer, qtbot, tmp_path, tiny_training):
     from napari_emdenoise._widgets.train import SELF
 
     viewer = make_napari_viewer()
@@ -101,15 +101,7 @@ def test_self_supervised_from_a_layer_and_fields_follow_the_method(make_napari_v
     w._mode.value = SELF
     assert shown(w._noisy_layers) and not shown(w._clean_dir) and not shown(w._sim_period)
     w._noisy_layers.value = ["scan"]
-    w._preset.value = "small"
-    w._consistency.value = 0.0
-    w._report.value = False
-    w._crop.value = 32
-    w._iters.value = 3
-    w._out.value = tmp_path / "run"
-    worker = w.start()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
+    tiny_training(w, tmp_path / "run", timeout=60_000)
     assert (tmp_path / "run" / "denoiser.safetensors").exists() and "N2V" in w.plot.series
 
 
