@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from napari_emdenoise.lattice import estimate_period
@@ -56,3 +57,21 @@ def test_a_gradient_is_not_a_lattice_and_does_not_hide_one():
     srtio3 = make_scene(kind="vacancies", period=12, dose=2, size=384, seed=1).noisy.astype(np.float64)
     plain = estimate_period(srtio3).period
     assert estimate_period(srtio3 + 5.0 * np.mgrid[0:384, 0:384][1]).period == pytest.approx(plain, rel=1e-6)
+
+
+def test_a_stack_and_a_tensor_give_each_plane_s_own_estimate():
+    # the denoiser estimates a stack's planes together on its device: the same numbers as one plane at a time
+    from napari_emdenoise.lattice import estimate_periods
+
+    planes = [make_scene(kind=k, period=p, dose=5, size=256, seed=2).noisy.astype(np.float32) for k, p in
+              (("vacancies", 10), ("amorphous", 12), ("columns", 16))]
+    planes[2][40:60, 100:130] = np.nan  # filled with the plane's median, as one plane alone
+    one = [estimate_period(p) for p in planes]
+    assert one[0].found and not one[1].found and one[2].found
+    for together in (estimate_periods(np.stack(planes)), estimate_periods(torch.from_numpy(np.stack(planes)))):
+        for a, b in zip(together, one):
+            assert (a.period is None) == (b.period is None)
+            assert a.period is None or a.period == pytest.approx(b.period, rel=1e-9)
+            assert a.contrast == pytest.approx(b.contrast, rel=1e-6)
+    with pytest.raises(ValueError, match=r"\(N, H, W\) stack"):
+        estimate_periods(planes[0])
