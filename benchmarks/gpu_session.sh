@@ -14,7 +14,7 @@
 set -uo pipefail
 out=${1:?usage: gpu_session.sh OUT_DIR [DEADLINE_SECONDS]}
 deadline=${2:-540}
-tail_s=${TAIL:-100}  # seconds kept for step 3
+tail_s=${TAIL:-120}  # seconds kept for step 3
 source "$(dirname "$0")/gpu_env.sh"
 left() { local s=$(( $1 - SECONDS )); echo $(( s > 20 ? s : 20 )); }  # seconds until a deadline, never below 20
 work=${WORK:-$(mktemp -d)}
@@ -70,5 +70,8 @@ stamp "CUDA tests and inference figures"
   timeout $(left $deadline) python3 "$root/benchmarks/inference.py" --devices "$device" \
     --models small resnet9 --sizes 4096
   timeout $(left $deadline) python3 "$root/benchmarks/inference.py" --devices "$device" \
-    --models small --frames 32 --sizes 1024; } 2>&1 | tee "$out/cuda.txt"
+    --models small --frames 32 --sizes 1024
+  timeout $(left $deadline) python3 "$root/benchmarks/inference.py" --defaults --devices "$device" --sizes 4096
+  timeout $(left $deadline) python3 "$root/benchmarks/inference.py" --defaults --devices "$device" --sizes 1024 --frames 32
+  } 2>&1 | tee "$out/cuda.txt"
 stamp "done"

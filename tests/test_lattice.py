@@ -3,6 +3,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from napari_emdenoise import lattice
 from napari_emdenoise.lattice import estimate_period
 from napari_emdenoise.scenes import make_scene
 
@@ -73,5 +74,13 @@ def test_a_stack_and_a_tensor_give_each_plane_s_own_estimate():
             assert (a.period is None) == (b.period is None)
             assert a.period is None or a.period == pytest.approx(b.period, rel=1e-9)
             assert a.contrast == pytest.approx(b.contrast, rel=1e-6)
+    # a GPU analyses planes together: the same numbers from one batch of three (run here on the CPU)
+    crops = torch.from_numpy(np.stack(planes).astype(np.float64))
+    batch = lattice._estimate_chunk(crops, np.stack(planes), lattice.MIN_PERIOD, lattice.MAX_PERIOD)
+    for a, b in zip(batch, one):
+        assert (a.period is None) == (b.period is None) and a.contrast == pytest.approx(b.contrast, rel=1e-6)
+        assert a.period is None or a.period == pytest.approx(b.period, rel=1e-9)
     with pytest.raises(ValueError, match=r"\(N, H, W\) stack"):
         estimate_periods(planes[0])
+    with pytest.raises(ValueError, match="one shape"):
+        estimate_periods([planes[0], planes[0][:100]])

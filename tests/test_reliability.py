@@ -172,7 +172,7 @@ def test_batch_size_zero_in_python_says_so(trained_model):  # row E42
 
 def test_ctrl_c_during_denoise_ends_cleanly(tmp_path):  # row E27: was a C++ abort (exit 134) at exit
     path = tmp_path / "big.tif"
-    write_tiff(path, simulate(size=1024, period=12, seed=1).noisy)
+    write_tiff(path, simulate(size=2048, period=12, seed=1).noisy)  # about 9 s of denoising on 2 cores: 3.5 s is inside it
     proc = subprocess.Popen([sys.executable, "-m", "napari_emdenoise.cli", "denoise", str(path), "-o", str(tmp_path / "o")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -21,8 +21,9 @@ from torch import nn
 from . import nets, tiling
 from .jobs import Event, Stopped, drive
 from .checkpoints import ModelInfo, load_generator, model_info
-from .devices import available_devices, available_memory, devices, pick_device  # noqa: F401 - the public names live here too
-from .lattice import estimate_period, resample
+from .devices import Uploader, available_devices, available_memory, devices, pick_device  # noqa: F401 - the public names live here too
+from . import lattice
+from .lattice import PeriodEstimate, estimate_period, resample
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "default.safetensors"
 CLIP = 3.0  # default: normalised input is clipped to [-CLIP, CLIP]: hot pixels cannot dominate a tile (models record their own)
@@ -127,15 +128,20 @@ def check_period(period, shape: tuple[int, ...] | None = None) -> float | None:
     return p
 
 
-def plan_rescale(image: np.ndarray, info: ModelInfo, period: float | None = None, rescale: bool = True) -> Plan:
-    """Decide the resampling factor that brings the image to the model's training period or into its trained range."""
+def plan_rescale(image, info: ModelInfo, period: float | None = None, rescale: bool = True) -> Plan:
+    """Decide the resampling factor that brings the image (numpy array, or a tensor on its device) to the model's
+    training period or into its trained range."""
+    return plan_for(estimate_period(image) if rescale and period is None else period, info, rescale)
+
+
+def plan_for(period: float | PeriodEstimate | None, info: ModelInfo, rescale: bool = True) -> Plan:
+    """:func:`plan_rescale` for a period given or estimated already."""
     if not rescale:
         return Plan(period, 1.0, "scale normalisation off")
-    if period is None:
-        est = estimate_period(image)
-        if not est.found:
+    if isinstance(period, PeriodEstimate):
+        if not period.found:
             return Plan(None, 1.0, "no clear lattice found in the image: not rescaled", notify=True)
-        period = est.period
+        period = period.period
     if info.period is None:
         return Plan(period, 1.0, f"image period {period:.2f} px; the model does not record its training period: not rescaled",
                     notify=True)
@@ -557,18 +563,20 @@ def denoise_part(part, net: nn.Module, shared: Shared, *, tile: int | None = 512
 
 
 # --------------------------------------------------------------------------- public entry points
-def contrast_skew(plane: np.ndarray) -> float:
+def contrast_skew(plane) -> float:
     """Skewness of a lightly smoothed subsample, hot pixels clipped: ADF images of columns, particles or amorphous
     films are strongly right-skewed (measured +1.8 to +2.9 on the fidelity scenes and the simulator at 1-100
-    counts/px), their inverted (bright-field-like) versions as strongly left-skewed."""
-    from scipy import ndimage
-
-    step = max(1, int(np.sqrt(plane.size / 262_144)))
-    x = np.asarray(plane[::step, ::step], dtype=np.float64)
-    x = np.where(np.isfinite(x), x, np.nanmedian(x)) if x.dtype.kind == "f" else x
-    lo, hi = np.percentile(x, [0.1, 99.9])
-    x = ndimage.gaussian_filter(np.clip(x, lo, hi), 1.0)
-    sd = x.std()
+    counts/px), their inverted (bright-field-like) versions as strongly left-skewed. A tensor is measured on its
+    device."""
+    step = max(1, int(np.sqrt(plane.shape[-2] * plane.shape[-1] / 262_144)))
+    sub = plane[::step, ::step]
+    x = sub.double() if isinstance(sub, torch.Tensor) else torch.from_numpy(np.asarray(sub, dtype=np.float64))
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        x = torch.where(finite, x, torch.full_like(x, _percentiles(x[finite], (50.0,))[0] if bool(finite.any()) else 0.0))
+    lo, hi = _percentiles(x, (0.1, 99.9))
+    x = lattice.gaussian_blur(x.clamp(lo, hi)[None], (1.0, 1.0))[0]
+    sd = float(x.std(correction=0))
     return float(((x - x.mean()) ** 3).mean() / sd**3) if sd > 0 else 0.0
 
 
@@ -610,8 +618,6 @@ def iter_denoise(
     Closing the generator (or quitting its napari worker) stops it before the next batch.
     """
     arr = _check_image(image)
-    if invert:  # bright-field / ABF: the model sees ADF-like contrast, the result is turned back
-        arr = -arr.astype(np.float32)
     period = check_period(period, arr.shape)
     net = resolve_model(model)
     if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
@@ -621,16 +627,25 @@ def iter_denoise(
     dev = pick_device(device)
     net = net.to(dev).eval()
     planes = arr.reshape(-1, *arr.shape[-2:])
+    n = len(planes)
     out = np.empty(planes.shape, dtype=np.float32)
-    plans, prepared = [], []
-    for k, plane in enumerate(planes):  # plan every plane first so the total is known
-        finite = np.isfinite(plane) if plane.dtype.kind == "f" else None
-        bad = 0 if finite is None else int(plane.size - finite.sum())
-        if bad == plane.size:
-            raise ValueError("the image has no finite pixels (all NaN or Inf)")
-        fill = float(np.median(plane[finite])) if bad else 0.0
-        plans.append(plan_rescale(np.where(finite, plane, fill) if bad else plane, info, period, rescale))
-        prepared.append((finite if bad else None, bad, fill))
+    upload = Uploader(dev, n)
+    # on the device from the upload on; a stack's planes stay there from planning to the pass where they fit
+    keep = n == 1 or n * planes[0].size * 4 <= _memory_budget(net, dev) // 4
+
+    def prepare(k: int) -> _Prepared:
+        return _prepare(upload(planes[k]), invert, planes.dtype.kind == "f")
+
+    prepared: list[_Prepared] = []
+    plans: list[Plan] = []
+    chunk = lattice.GPU_PLANES if dev.type == "cuda" else 1
+    for s in range(0, n, chunk):  # plan every plane first so the total is known; a GPU estimates planes together
+        part = [prepare(k) for k in range(s, min(n, s + chunk))]
+        found = [p.data for p in part if p.constant is None]
+        ests = iter(_estimates_on(found, dev) if rescale and period is None and found else [])
+        plans += [plan_for(period if not rescale or period is not None or p.constant is not None else next(ests),
+                           info, rescale and p.constant is None) for p in part]
+        prepared += part if keep else [None] * len(part)
     bs = batch_size
     shapes = [_scaled_shape(p.shape, pl.scale) for p, pl in zip(planes, plans)]
     tile_plans = [_plan(s, tile, overlap, net) for s in shapes]
@@ -641,7 +656,8 @@ def iter_denoise(
     for note in sorted({pl.note for pl in plans if pl.notify}):
         warnings.warn(note, DenoiseWarning, stacklevel=2)
     if not invert:
-        skew = contrast_skew(planes[0])
+        first = prepared[0] or prepare(0)
+        skew = contrast_skew(first.data)
         if skew < INVERTED_SKEW:
             warnings.warn(
                 f"the image looks like inverted contrast (bright-field or ABF: atom columns darker than the background; "
@@ -649,47 +665,78 @@ def iter_denoise(
                 "invert=True (CLI: --invert; the Denoise widget: 'invert contrast')", DenoiseWarning, stacklevel=2)
     done = 0
     yield Progress(0, total, "start")
-    for k, plane in enumerate(planes):
-        finite, bad, fill = prepared[k]
-        if bad:
+    for k in range(n):
+        p = prepared[k] or prepare(k)
+        prepared[k] = None
+        if p.bad:
             warnings.warn(
-                f"{bad} NaN/Inf pixel(s) were replaced by the median for denoising and are NaN in the output",
+                f"{p.bad} NaN/Inf pixel(s) were replaced by the median for denoising and are NaN in the output",
                 DenoiseWarning, stacklevel=2,
             )
-            plane = np.where(finite, plane, fill)
-        if plane.min() == plane.max():  # (non-finite pixels are filled by now) nothing to denoise: give it back as it is
-            warnings.warn(f"the image{f' (plane {k})' if len(planes) > 1 else ''} is constant ({plane.flat[0]:g}): "
+        if p.constant is not None:  # (non-finite pixels are filled by now) nothing to denoise: give it back as it is
+            warnings.warn(f"the image{f' (plane {k})' if n > 1 else ''} is constant ({p.constant:g}): "
                           "nothing to denoise, returned as it is", DenoiseWarning, stacklevel=2)
-            y = np.where(finite, plane, np.nan).astype(np.float32) if bad else plane.astype(np.float32)
-            out[k] = -y if invert else y
+            y = p.data
             done += len(tile_plans[k])
             yield Progress(done, total)
-            continue
-        # on the device from here: one upload, the intensity mapping, the pass, the mapping back, one copy back
-        t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32)).to(dev)
-        lo, hi = _intensity_range(t, info)
-        x = normalize_with(t, lo, hi, info.clip)
-        del t
-        if plans[k].scale != 1.0:  # cubic-spline resampling on the CPU (scipy), as before
-            x = torch.from_numpy(resample(x.cpu().numpy(), shapes[k])).to(dev)
-        y = None
-        if _fits_whole(net, shapes[k], tile_plans[k], dev):
-            y = yield from _whole_pass(net, x, dev, amp, done, len(tile_plans[k]), total)
-            if y is not None:
-                yield Progress(done + len(tile_plans[k]), total)
-        if y is None:
-            y = yield from _tiled_pass(net, x.cpu().numpy(), tile_plans[k], bs, dev, amp, done, total)
-            y = torch.from_numpy(y).to(dev)
-        del x
-        done += len(tile_plans[k])
-        if tuple(y.shape) != plane.shape:
-            y = torch.from_numpy(resample(y.cpu().numpy(), plane.shape)).to(dev)
-        y = denormalize(y, lo, hi)
-        out[k] = (-y if invert else y).cpu().numpy()
-        del y
-        if bad:
-            out[k][~finite] = np.nan
+        else:
+            lo, hi = _intensity_range(p.data, info)
+            x = normalize_with(p.data, lo, hi, info.clip)
+            p.data = None
+            if plans[k].scale != 1.0:  # cubic-spline resampling on the CPU (scipy), as before
+                x = torch.from_numpy(resample(x.cpu().numpy(), shapes[k])).to(dev)
+            y = None
+            if _fits_whole(net, shapes[k], tile_plans[k], dev):
+                y = yield from _whole_pass(net, x, dev, amp, done, len(tile_plans[k]), total)
+                if y is not None:
+                    yield Progress(done + len(tile_plans[k]), total)
+            if y is None:
+                y = yield from _tiled_pass(net, x.cpu().numpy(), tile_plans[k], bs, dev, amp, done, total)
+                y = torch.from_numpy(y).to(dev)
+            del x
+            done += len(tile_plans[k])
+            if tuple(y.shape) != planes[k].shape:
+                y = torch.from_numpy(resample(y.cpu().numpy(), planes[k].shape)).to(dev)
+            y = denormalize(y, lo, hi)
+        if invert:
+            y = -y
+        if p.finite is not None:
+            y = torch.where(p.finite, y, torch.full((), torch.nan, device=y.device))
+        torch.from_numpy(out[k]).copy_(y)  # the one copy back, into the result
+        del y, p
     return out.reshape(arr.shape)
+
+
+@dataclass
+class _Prepared:
+    """A plane on the device, ready for planning and the pass."""
+
+    data: torch.Tensor | None  # float32, non-finite pixels filled with the median, contrast inverted where asked
+    finite: torch.Tensor | None  # where the plane is finite, only when some pixels are not
+    bad: int  # non-finite pixels
+    constant: float | None  # the value of a plane that holds one value only
+
+
+def _prepare(t: torch.Tensor, invert: bool, floating: bool) -> _Prepared:
+    if invert:  # bright-field / ABF: the model sees ADF-like contrast, the result is turned back
+        t = -t
+    finite, bad = None, 0
+    if floating:
+        finite = torch.isfinite(t)
+        bad = t.numel() - int(finite.sum())
+        if bad == t.numel():
+            raise ValueError("the image has no finite pixels (all NaN or Inf)")
+        if bad:
+            t = torch.where(finite, t, torch.full((), _percentiles(t[finite], (50.0,))[0], device=t.device))
+        else:
+            finite = None
+    low, high = (float(v) for v in torch.aminmax(t))
+    return _Prepared(t, finite, bad, low if low == high else None)
+
+
+def _estimates_on(planes: list[torch.Tensor], device: torch.device) -> list[PeriodEstimate]:
+    """The period estimates of planes on ``device``, computed there (Apple MPS has no float64: there on the CPU)."""
+    return lattice.estimate_periods([p.cpu() for p in planes] if device.type == "mps" else planes)
 
 
 def _as_cancel(cancel) -> Callable[[], bool]:

@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from .lattice import estimate_period
 
 VARIANTS = ("plain", "min", "mean")
 DEFAULT_RADIUS = {"min": 3, "mean": 5}
@@ -132,6 +131,8 @@ def resolve_params(image: np.ndarray, params: MaskParams | None = None) -> MaskP
     if p.variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, not {p.variant!r}")
     if p.window is None or p.sigma is None:
+        from .lattice import estimate_period  # (torch: not on the CLI's start-up path, which reads PRESETS)
+
         est = estimate_period(_finite(image))
         period = est.period if est.found else 8.0
         if p.window is None:

@@ -39,7 +39,11 @@ def _terminate_as_interrupt(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except KeyboardInterrupt:  # Ctrl-C while the commands load
+        print("emdenoise: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     import signal
     import threading
