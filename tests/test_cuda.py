@@ -75,3 +75,18 @@ def test_percentiles_on_the_gpu_match_numpy():
     values = np.random.default_rng(0).gamma(2.0, 3.0, (1024, 999)).astype(np.float32)
     got = _percentiles(torch.from_numpy(values).cuda(), (0.5, 99.5))
     np.testing.assert_allclose(got, np.percentile(values, (0.5, 99.5)), rtol=1e-6)
+
+
+def test_the_period_estimate_resampling_and_uint16_stacks_on_the_device_match_the_cpu(case):
+    # the estimate (planes together), the torch resampling and integer planes sent as they are, against the CPU path
+    from napari_emdenoise.lattice import estimate_periods
+
+    sim, net = case
+    coarse = simulate(size=(512, 512), period=30, dose=4, seed=5).noisy  # outside the bundled range: resampled
+    stack = np.stack([coarse, coarse[::-1].copy(), sim.noisy[:512, :512]]).astype(np.uint16)
+    cpu_est = estimate_periods(stack)
+    gpu_est = estimate_periods(torch.from_numpy(stack.astype(np.float32)).cuda())
+    assert [e.period for e in gpu_est] == pytest.approx([e.period for e in cpu_est], rel=1e-6)
+    cpu = denoise(stack, net, device="cpu")
+    gpu = denoise(stack, net, device="cuda", amp=False)
+    assert _max_rel(gpu, cpu) < 1e-3

@@ -84,3 +84,17 @@ def test_a_stack_and_a_tensor_give_each_plane_s_own_estimate():
         estimate_periods(planes[0])
     with pytest.raises(ValueError, match="one shape"):
         estimate_periods([planes[0], planes[0][:100]])
+
+
+@pytest.mark.parametrize("shape, to", [((100, 120), (60, 70)), ((100, 120), (250, 130)), ((37, 53), (80, 20)),
+                                       ((9, 12), (30, 5)), ((20, 20), (8, 8))])
+def test_the_gpu_resampling_gives_scipy_s_figures(shape, to):
+    # a GPU resamples with torch (run here on a CPU tensor), the CPU with scipy: the same cubic spline, anti-aliased
+    from napari_emdenoise.lattice import _resample_torch, resample
+
+    img = np.random.default_rng(1).poisson(5.0, shape).astype(np.float32)
+    ref = resample(img, to)
+    got = _resample_torch(torch.from_numpy(img), to).numpy()
+    assert got.shape == ref.shape == to and got.dtype == np.float32
+    assert np.abs(got - ref).max() <= 1e-6 * (ref.max() - ref.min())
+    assert np.array_equal(resample(torch.from_numpy(img), to).numpy(), ref)  # a CPU tensor goes through scipy

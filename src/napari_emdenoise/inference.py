@@ -683,8 +683,8 @@ def iter_denoise(
             lo, hi = _intensity_range(p.data, info)
             x = normalize_with(p.data, lo, hi, info.clip)
             p.data = None
-            if plans[k].scale != 1.0:  # cubic-spline resampling on the CPU (scipy), as before
-                x = torch.from_numpy(resample(x.cpu().numpy(), shapes[k])).to(dev)
+            if plans[k].scale != 1.0:  # cubic spline: scipy on the CPU, torch on a GPU
+                x = resample(x, shapes[k])
             y = None
             if _fits_whole(net, shapes[k], tile_plans[k], dev):
                 y = yield from _whole_pass(net, x, dev, amp, done, len(tile_plans[k]), total)
@@ -696,7 +696,7 @@ def iter_denoise(
             del x
             done += len(tile_plans[k])
             if tuple(y.shape) != planes[k].shape:
-                y = torch.from_numpy(resample(y.cpu().numpy(), planes[k].shape)).to(dev)
+                y = resample(y, planes[k].shape)
             y = denormalize(y, lo, hi)
         if invert:
             y = -y

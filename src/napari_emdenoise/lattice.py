@@ -61,18 +61,25 @@ GPU_PLANES = 16  # planes analysed together on a GPU (each 1024^2 plane holds ab
 
 
 def estimate_periods(planes, min_period: float = MIN_PERIOD, max_period: float = MAX_PERIOD) -> list[PeriodEstimate]:
-    """:func:`estimate_period` of each plane of an (N, H, W) stack (numpy array or torch tensor), computed on the
-    stack's device, a GPU's planes together."""
-    if np.ndim(planes) != 3:
+    """:func:`estimate_period` of each plane of an (N, H, W) stack or a list of 2-D planes of one shape (numpy arrays or
+    torch tensors), computed on the planes' device, a GPU's planes together."""
+    if isinstance(planes, (list, tuple)):
+        shapes = {tuple(np.shape(p)) for p in planes}
+        if len(shapes) > 1 or any(len(s) != 2 for s in shapes):
+            raise ValueError(f"estimate_periods needs 2-D planes of one shape, got shapes {sorted(shapes)}")
+    elif np.ndim(planes) != 3:
         raise ValueError(f"estimate_periods needs an (N, H, W) stack, got shape {tuple(np.shape(planes))}")
-    if not isinstance(planes, torch.Tensor):
+    elif not isinstance(planes, torch.Tensor):
         planes = np.asarray(planes)
     out: list[PeriodEstimate] = []
-    chunk = GPU_PLANES if isinstance(planes, torch.Tensor) and planes.device.type != "cpu" else 1
-    for s in range(0, planes.shape[0], chunk):
+    on_gpu = len(planes) and isinstance(planes[0], torch.Tensor) and planes[0].device.type != "cpu"
+    chunk = GPU_PLANES if on_gpu else 1
+    for s in range(0, len(planes), chunk):
         part = planes[s : s + chunk]
-        crop = _analysis_crop(part)  # crop first: a 4096^2 frame costs what 1024^2 does
-        crop = crop.to(torch.float64) if isinstance(crop, torch.Tensor) else torch.from_numpy(crop.astype(np.float64))
+        # crop first: a 4096^2 frame costs what 1024^2 does
+        crop = [_analysis_crop(p) for p in part]
+        crop = torch.stack([c.to(torch.float64) if isinstance(c, torch.Tensor) else torch.from_numpy(np.asarray(c, np.float64))
+                            for c in crop])
         out += _estimate_chunk(crop, part, float(min_period), float(max_period))
     return out
 
@@ -182,7 +189,7 @@ def _mirror_index(n: int, before: int, after: int, device) -> torch.Tensor:
     return torch.where(i >= n, 2 * n - 1 - i, i)
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: tuple[float, float]) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: tuple[float, float]) -> torch.Tensor:
     """scipy.ndimage.gaussian_filter(mode="reflect") of the last two axes of an (N, H, W) float64 tensor."""
     for axis, s in ((1, sigma[0]), (2, sigma[1])):
         if s <= 0:
@@ -203,12 +210,12 @@ def _low_pass(img: torch.Tensor, sigma: float) -> torch.Tensor:
     smooth, and a direct blur of 1024^2 at sigma 64 cost most of the estimate."""
     f = max(1, int(sigma // 8))
     if f == 1:
-        return _gaussian_blur(img, (sigma, sigma))
+        return gaussian_blur(img, (sigma, sigma))
     n, h, w = img.shape
     ph, pw = (-h) % f, (-w) % f
     padded = torch.nn.functional.pad(img[:, None], (0, pw, 0, ph), mode="reflect")[:, 0] if ph or pw else img
     small = padded.reshape(n, padded.shape[1] // f, f, padded.shape[2] // f, f).mean(dim=(2, 4))
-    small = _gaussian_blur(small, (sigma / f, sigma / f))
+    small = gaussian_blur(small, (sigma / f, sigma / f))
     up = torch.nn.functional.interpolate(small[:, None], size=padded.shape[1:], mode="bilinear", align_corners=False)
     return up[:, 0, :h, :w]
 
@@ -289,18 +296,85 @@ def _column_reflection(masked: torch.Tensor, fr: torch.Tensor, top_at: torch.Ten
     return torch.where(eligible.any(dim=1), chosen, top_at)
 
 
-def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resample a 2D float image to ``shape`` (cubic spline; anti-aliased when shrinking)."""
+def resample(image, shape: tuple[int, int]):
+    """Resample a 2D float image to ``shape`` (cubic spline; anti-aliased when shrinking): scipy's ``ndimage.zoom``
+    (order 3, reflected borders, grid mode) after a Gaussian low-pass to the new Nyquist limit when shrinking.
+
+    A numpy array gives float32 numpy. A torch tensor gives a float32 tensor on its device: on a GPU computed there
+    with torch (:func:`_resample_torch`, the same figures to float32 rounding), on the CPU with scipy.
+    """
+    if isinstance(image, torch.Tensor):
+        if image.device.type == "cpu":
+            return torch.from_numpy(resample(image.numpy(), shape))
+        return _resample_torch(image, shape)
     h, w = image.shape
     if (h, w) == tuple(shape):
         return image.astype(np.float32, copy=False)
     zy, zx = shape[0] / h, shape[1] / w
     src = image
     if zy < 1 or zx < 1:  # low-pass to the new Nyquist limit before shrinking
-        src = ndimage.gaussian_filter(image, sigma=(max(0.0, (1 / zy - 1) / 2), max(0.0, (1 / zx - 1) / 2)), mode="reflect")
+        src = ndimage.gaussian_filter(image, sigma=_antialias_sigma(zy, zx), mode="reflect")
     out = ndimage.zoom(src.astype(np.float32, copy=False), (zy, zx), order=3, mode="reflect", grid_mode=True)
-    if out.shape != tuple(shape):  # zoom rounds; crop or pad to the exact shape
-        out = np.pad(out, [(0, max(0, s - o)) for s, o in zip(shape, out.shape)], mode="edge")[: shape[0], : shape[1]]
+    return _exact_shape(out, shape)
+
+
+def _antialias_sigma(zy: float, zx: float) -> tuple[float, float]:
+    return max(0.0, (1 / zy - 1) / 2), max(0.0, (1 / zx - 1) / 2)
+
+
+def _exact_shape(out, shape: tuple[int, int]):
+    """``zoom`` rounds its output shape: crop, or pad with the edge values, to exactly ``shape``."""
+    if tuple(out.shape) == tuple(shape):
+        return out
+    if isinstance(out, torch.Tensor):
+        rows = torch.arange(shape[0], device=out.device).clamp_max(out.shape[0] - 1)
+        cols = torch.arange(shape[1], device=out.device).clamp_max(out.shape[1] - 1)
+        return out[rows][:, cols]
+    return np.pad(out, [(0, max(0, s - o)) for s, o in zip(shape, out.shape)], mode="edge")[: shape[0], : shape[1]]
+
+
+SPLINE_POLE = np.sqrt(3.0) - 2.0  # the cubic B-spline's prefilter pole
+SPLINE_RADIUS = 24  # its two-sided kernel sqrt(3) * pole^|k| is cut where it stays below 1e-14
+
+
+def _resample_torch(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """:func:`resample` with torch on the tensor's device, in float64 as scipy computes: the Gaussian low-pass (its
+    result rounded to float32 as scipy returns it), the B-spline prefilter as a convolution with its two-sided kernel
+    on the half-sample-symmetric extension (scipy's "reflect"), then the cubic B-spline weights of the four
+    coefficients around each output position."""
+    h, w = image.shape
+    if (h, w) == tuple(shape):
+        return image.float()
+    zy, zx = shape[0] / h, shape[1] / w
+    x = image.float()
+    if zy < 1 or zx < 1:
+        x = gaussian_blur(x.double()[None], _antialias_sigma(zy, zx))[0].float()
+    c = x.double()[None]
+    k = torch.arange(-SPLINE_RADIUS, SPLINE_RADIUS + 1, dtype=torch.float64, device=c.device)
+    kernel = np.sqrt(3.0) * SPLINE_POLE ** k.abs()
+    out_shape = (int(round(h * zy)), int(round(w * zx)))
+    for axis in (1, 2):
+        ext = c.index_select(axis, _mirror_index(c.shape[axis], SPLINE_RADIUS, SPLINE_RADIUS, c.device)).movedim(axis, -1)
+        lead = ext.shape[:-1]
+        coef = torch.nn.functional.conv1d(ext.reshape(-1, 1, ext.shape[-1]), kernel.view(1, 1, -1)).view(*lead, -1)
+        c = _spline_axis(coef, out_shape[axis - 1]).movedim(-1, axis)
+    return _exact_shape(c[0].float(), shape)
+
+
+def _spline_axis(coef: torch.Tensor, m: int) -> torch.Tensor:
+    """Cubic B-spline interpolation of coefficients along the last axis (n samples) at ``m`` positions spread as
+    ``zoom``'s grid mode spreads them: output pixel o samples input position (o + 1/2) n / m - 1/2."""
+    n = coef.shape[-1]
+    pos = (torch.arange(m, dtype=torch.float64, device=coef.device) + 0.5) * (n / m) - 0.5
+    base = torch.floor(pos)
+    t = pos - base
+    weights = ((1 - t) ** 3 / 6, (3 * t**3 - 6 * t**2 + 4) / 6, (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6, t**3 / 6)
+    out = torch.zeros(*coef.shape[:-1], m, dtype=coef.dtype, device=coef.device)
+    for j, wj in enumerate(weights):
+        i = base.long() + (j - 1)
+        i = i % (2 * n)
+        i = torch.where(i >= n, 2 * n - 1 - i, i)  # the coefficients' half-sample-symmetric extension
+        out += wj * coef.index_select(-1, i)
     return out
 
 
