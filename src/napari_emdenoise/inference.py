@@ -362,32 +362,39 @@ def _whole_pass(net: nn.Module, x: torch.Tensor, device: torch.device, amp: bool
 
 
 def _tiled_pass(
-    net: nn.Module, x: np.ndarray, tiles: list[tiling.Tile], batch_size: int, device: torch.device,
+    net: nn.Module, x: torch.Tensor, tiles: list[tiling.Tile], batch_size: int, device: torch.device,
     amp: bool, progress_offset: int, progress_total: int, stats: list | None = None,
-) -> Generator[Progress, None, np.ndarray]:
-    """Denoise one normalised 2D array with the tiles :func:`_plan` made for its shape; yields
-    progress (in tiles) per batch; returns the blend. ``stats`` (from :func:`shared_state`): the
-    network's normalisation statistics to use instead of taking them from this array."""
+) -> Generator[Progress, None, torch.Tensor]:
+    """Denoise one normalised 2D plane on the device with the tiles :func:`_plan` made for its shape; yields
+    progress (in tiles) per batch; returns the blend, on the device: tiles are cut from the plane there and blended
+    there, each tile's weights the outer product of its two axis weights (each made once). ``stats`` (from
+    :func:`shared_state`): the network's normalisation statistics to use instead of taking them from this plane."""
     h, w = x.shape
     # pad as a whole-image pass would, so that every tile sits on the network's sampling grid
-    x = nets.pad_to_multiple(torch.from_numpy(x)[None, None], nets.size_multiple(net))[0][0, 0].numpy()
+    x = nets.pad_to_multiple(x.to(device)[None, None], nets.size_multiple(net))[0][0, 0]
     in_c = _in_channels(net)
     th = tiles[0].rows.stop - tiles[0].rows.start
     tw = tiles[0].cols.stop - tiles[0].cols.start
     autocast = torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
+    weights: dict[int, torch.Tensor] = {}
+
+    def axis_weight(a: tiling.AxisTile) -> torch.Tensor:
+        if id(a) not in weights:
+            weights[id(a)] = torch.from_numpy(np.asarray(a.weight, dtype=np.float64)).to(device)
+        return weights[id(a)]
 
     def to_batch(group: list[tiling.Tile]) -> torch.Tensor:
-        t = torch.from_numpy(np.stack([x[t.slices] for t in group])[:, None]).to(device)
+        t = torch.stack([x[t.slices] for t in group])[:, None]
         if in_c != 1:  # an RGB model sees the grey image in every channel
             t = t.repeat(1, in_c, 1, 1)
         return t
 
     def blend(group: list[tiling.Tile], y: torch.Tensor) -> None:
-        y = y.float().mean(dim=1).cpu().numpy()  # a 3-channel output is averaged to grey
+        y = y.float().mean(dim=1)  # a 3-channel output is averaged to grey
         for t, yt in zip(group, y):
-            out[t.slices] += yt * t.window()
+            out[t.slices] += yt * torch.outer(axis_weight(t.rows), axis_weight(t.cols)).float()
 
-    out = np.zeros(x.shape, dtype=np.float32)
+    out = torch.zeros(x.shape, dtype=torch.float32, device=device)
     nets.set_norm_mode(net, "instance")  # whatever an earlier run left, start from the reference behaviour
     try:
         todo = tiles
@@ -399,7 +406,7 @@ def _tiled_pass(
             cal = tiling.calibration_tiles(tiles, _calibration_budget(net, device))
             if len(cal) < len(tiles):
                 share = sum(t.core_mask().sum() for t in cal) / (h * w)
-                need = x.size * _memory_per_px(net, device) / 2**30
+                need = x.numel() * _memory_per_px(net, device) / 2**30
                 warnings.warn(
                     f"the {h}x{w} image is too large for whole-image normalisation in the {device.type} memory available: "
                     f"its statistics come from {len(cal)} of its {len(tiles)} tiles ({100 * share:.0f} % of the image), so "
@@ -552,7 +559,7 @@ def denoise_part(part, net: nn.Module, shared: Shared, *, tile: int | None = 512
         first = tiles[0]
         bs = batch_size or _auto_batch(net, (first.rows.stop - first.rows.start) * (first.cols.stop - first.cols.start), dev,
                                        len(tiles))
-        y = drive(_tiled_pass(net, x, tiles, bs, dev, amp, 0, len(tiles), stats=shared.stats))
+        y = drive(_tiled_pass(net, torch.from_numpy(x), tiles, bs, dev, amp, 0, len(tiles), stats=shared.stats)).cpu().numpy()
         if y.shape != plane.shape:
             y = resample(y, plane.shape)
         y = denormalize(y, shared.lo, shared.hi)
@@ -691,8 +698,7 @@ def iter_denoise(
                 if y is not None:
                     yield Progress(done + len(tile_plans[k]), total)
             if y is None:
-                y = yield from _tiled_pass(net, x.cpu().numpy(), tile_plans[k], bs, dev, amp, done, total)
-                y = torch.from_numpy(y).to(dev)
+                y = yield from _tiled_pass(net, x, tile_plans[k], bs, dev, amp, done, total)
             del x
             done += len(tile_plans[k])
             if tuple(y.shape) != planes[k].shape:
