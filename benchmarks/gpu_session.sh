@@ -10,7 +10,8 @@
 #    -> OUT_DIR/default.safetensors, default_loss.csv, default_train.txt
 # 2. benchmarks/training_fidelity.py, GPU-sized, for the recommended modes (fine-tune, self-supervised)
 #    -> OUT_DIR/training_fidelity.md (the table), training_fidelity.log, OUT_DIR/tf/MODE.safetensors
-# 3. then tests/test_cuda.py and benchmarks/inference.py on CUDA (4096² images, stacks of 32 x 1024²) -> OUT_DIR/cuda.txt
+# 3. then tests/test_cuda.py and benchmarks/inference.py on CUDA (4096² images, stacks of 32 x 1024², with every default,
+#    and last, torch.compile) -> OUT_DIR/cuda.txt
 set -uo pipefail
 out=${1:?usage: gpu_session.sh OUT_DIR [DEADLINE_SECONDS]}
 deadline=${2:-540}
@@ -73,5 +74,6 @@ stamp "CUDA tests and inference figures"
     --models small --frames 32 --sizes 1024
   timeout $(left $deadline) python3 "$root/benchmarks/inference.py" --defaults --devices "$device" --sizes 4096
   timeout $(left $deadline) python3 "$root/benchmarks/inference.py" --defaults --devices "$device" --sizes 1024 --frames 32
+  timeout $(left $deadline) python3 "$root/benchmarks/inference.py" --devices "$device" --models small --sizes 4096 --compile
   } 2>&1 | tee "$out/cuda.txt"
 stamp "done"

@@ -16,6 +16,7 @@ Weights are random: speed does not depend on their values.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -48,12 +49,20 @@ def one(args: argparse.Namespace) -> dict:
     img = np.random.default_rng(0).poisson(6.0, shape).astype(np.float32)
     tile = None if args.tile == 0 else args.tile
     device = torch.device(args.device)
+    compile_s = None
+    if args.compile:  # compiled per input shape: the first call at the full size compiles (timed apart)
+        t0 = time.perf_counter()
+        denoise(img, net, tile=tile, overlap=args.overlap, device=args.device, rescale=False, amp=args.amp, compile=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t0
     if device.type == "cuda":  # warm up kernels and cuDNN autotuning on a small image
         denoise(img[..., :512, :512], net, tile=tile, overlap=args.overlap, device=args.device, rescale=False, amp=args.amp)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    out = denoise(img, net, tile=tile, overlap=args.overlap, device=args.device, rescale=False, amp=args.amp)
+    out = denoise(img, net, tile=tile, overlap=args.overlap, device=args.device, rescale=False, amp=args.amp,
+                  compile=args.compile)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -65,7 +74,7 @@ def one(args: argparse.Namespace) -> dict:
     )
     bare = bare_network(net, img, args.tile or 512, device, args.amp) if args.tile else None
     return {
-        "bare_mp_per_s": bare,
+        "bare_mp_per_s": bare, "compile_s": compile_s,
         "model": args.model, "params_M": count_parameters(net) / 1e6, "device": args.device,
         "precision": "mixed" if (args.amp and device.type == "cuda") else "fp32", "size": args.size,
         "tile": args.tile, "seconds": seconds, "mp_per_s": img.size / 1e6 / seconds, "peak_gb": peak_gb,
@@ -137,10 +146,11 @@ def defaults_ratio(size: int, device: str, repeats: int = 3, frames: int = 1) ->
 
 
 def run_child(model: str, device: str, amp: bool, size: int, tile: int, overlap: int, threads: int | None,
-              frames: int = 1, tiles_always: bool = False) -> dict | None:
+              frames: int = 1, tiles_always: bool = False, compile: bool = False) -> dict | None:
     cmd = [sys.executable, __file__, "--one", "--models", model, "--devices", device, "--sizes", str(size),
            "--tile", str(tile), "--overlap", str(overlap), "--frames", str(frames)] + (["--amp"] if amp else []) + (
-        ["--threads", str(threads)] if threads else []) + (["--tiles-always"] if tiles_always else [])
+        ["--threads", str(threads)] if threads else []) + (["--tiles-always"] if tiles_always else []) + (
+        ["--compile"] if compile else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         print(f"  failed: {model} {device} {size} tile {tile}: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -162,6 +172,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=1, help="frames per image: a stack of this many planes")
     p.add_argument("--tiles-always", action="store_true",
                    help="the tile path even where the whole image fits one pass (as for an image beyond the memory budget)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time denoise(compile=True) (torch.compile; the first call, which compiles, is timed apart)")
     p.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--defaults", action="store_true",
@@ -190,19 +202,18 @@ def main() -> None:
     rows = []
     for device in devices:
         sizes = args.sizes or ([512, 1024, 2048, 4096, 8192] if device == "cuda" else [512, 1024, 2048])
-        for model in args.models:
-            for amp in ([False, True] if device == "cuda" else [False]):
-                for size in sizes:
-                    tiled = run_child(model, device, amp, size, args.tile, args.overlap, args.threads, args.frames,
-                                      args.tiles_always)
-                    whole = None
-                    if device == "cuda" or size <= args.whole_max:
-                        whole = run_child(model, device, amp, size, 0, 0, args.threads, args.frames)
-                    if tiled:
-                        tiled["whole_mp_per_s"] = whole["mp_per_s"] if whole else None
-                        tiled["whole_peak_gb"] = whole["peak_gb"] if whole else None
-                        rows.append(tiled)
-                        print(json.dumps(tiled), file=sys.stderr)
+        for model, amp, size, comp in itertools.product(args.models, [False, True] if device == "cuda" else [False], sizes,
+                                                        [False, True] if args.compile else [False]):
+            tiled = run_child(model, device, amp, size, args.tile, args.overlap, args.threads, args.frames,
+                              args.tiles_always, comp)
+            whole = None
+            if device == "cuda" or size <= args.whole_max:
+                whole = run_child(model, device, amp, size, 0, 0, args.threads, args.frames, compile=comp)
+            if tiled:
+                tiled["whole_mp_per_s"] = whole["mp_per_s"] if whole else None
+                tiled["whole_peak_gb"] = whole["peak_gb"] if whole else None
+                rows.append(tiled)
+                print(json.dumps(tiled), file=sys.stderr)
     print(f"\ntile {args.tile}, overlap {args.overlap}{', tile path forced' if args.tiles_always else ''}"
           f"{f', stacks of {args.frames} frames' if args.frames > 1 else ''}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
@@ -215,7 +226,8 @@ def main() -> None:
         wpeak = f"{r['whole_peak_gb']:.2f}" if r["whole_peak_gb"] else "-"
         bare = f"{r['bare_mp_per_s']:.3f} | {r['mp_per_s'] / r['bare_mp_per_s']:.2f}" if r.get("bare_mp_per_s") else "- | -"
         image = f"{r['frames']} x {r['size']}²" if r.get("frames", 1) > 1 else f"{r['size']}²"
-        print(f"| {r['model']} | {r['params_M']:.2f} M | {r['device']} | {r['precision']} | {image} | {bare.split(' | ')[0]} | "
+        precision = r["precision"] + (f", compiled ({r['compile_s']:.0f} s to compile)" if r.get("compile_s") else "")
+        print(f"| {r['model']} | {r['params_M']:.2f} M | {r['device']} | {precision} | {image} | {bare.split(' | ')[0]} | "
               f"{r['mp_per_s']:.3f} | {bare.split(' | ')[1]} | {whole} | {ratio} | {r['peak_gb']:.2f} | {wpeak} |")
 
 

@@ -427,3 +427,28 @@ def test_the_whole_image_pass_reports_progress_and_cancels_between_layers(traine
         denoise(dented_image.noisy, net, tile=128, overlap=32, progress=on_progress, cancel=stop)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
     assert all(m.mode == "instance" for m in tile_norms(net))
+
+
+def test_compile_gives_the_same_result_and_falls_back_where_it_cannot(monkeypatch):
+    import napari_emdenoise.inference as inference
+    from napari_emdenoise import nets
+
+    net = inference.resolve_model(None)
+    img = simulate(size=(96, 128), period=10, dose=5, seed=2).noisy
+    plain = denoise(img, net)
+    fast = denoise(img, net, compile=True)  # compiled by torch (inductor) here
+    assert np.abs(fast - plain).max() < 1e-4 * np.ptp(plain)
+
+    def broken(module):  # a machine without a C++ compiler: compiling fails at the first call
+        def run(x):
+            raise RuntimeError("InductorError: CppCompileError: no C++ compiler found")
+        return run
+
+    other = inference.resolve_model(None)
+    monkeypatch.setattr(nets, "compiled", broken)
+    with pytest.warns(DenoiseWarning, match="could not compile the network here .*RuntimeError.* runs as it is"):
+        out = denoise(img, other, compile=True)
+    assert np.array_equal(out, plain)
+    da = pytest.importorskip("dask.array")
+    with pytest.raises(ValueError, match="compile does not apply to a lazy"):
+        denoise(da.from_array(img), net, compile=True)

@@ -29,6 +29,7 @@ class FileOptions:
     rescale: bool = True
     amp: bool = True
     invert: bool = False
+    compile: bool = False  # torch.compile the network (in-memory files; large files go lazily, as they are)
     dtype: str = "float32"
     check: bool = False
     overwrite: bool = False
@@ -141,7 +142,7 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
                 with _LOCK:
                     result = drive(iter_denoise(img.data, net, tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,
                                                 device=opts.device, period=opts.period, rescale=opts.rescale, amp=opts.amp,
-                                                invert=opts.invert), progress)
+                                                invert=opts.invert, compile=opts.compile), progress)
                 cons, cons_error = None, None
                 if opts.check:
                     try:

@@ -14,6 +14,7 @@ all tiles are normalised alike and no seam or intensity step appears (see ``tili
 from __future__ import annotations
 
 import functools
+import weakref
 from dataclasses import asdict, dataclass
 
 import torch
@@ -390,3 +391,20 @@ def context_px(net: nn.Module, tolerance: float = CONTEXT_TOLERANCE) -> int:
         net.train(was_training)
     net._emdenoise_context = (key, radius)
     return radius
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its torch.compile'd form, or the error
+
+
+def compiled(net: nn.Module):
+    """``torch.compile(net)``, made once per module and kept while the module lives (the compilation itself happens at
+    the first call with each input shape); None where compiling it failed here before (see :func:`compile_failed`)."""
+    fn = _COMPILED.get(net)
+    if fn is None:
+        fn = _COMPILED[net] = torch.compile(net)
+    return None if isinstance(fn, BaseException) else fn
+
+
+def compile_failed(net: nn.Module, error: BaseException) -> None:
+    """Remember that ``net`` cannot be compiled here: it runs as it is from now on."""
+    _COMPILED[net] = error
