@@ -205,3 +205,21 @@ def test_a_dask_layer_gets_a_lazy_result_then_denoise_all(widget, qtbot):
     qtbot.waitUntil(lambda: isinstance(viewer.layers["series denoised"].data, np.ndarray), timeout=5_000)
     np.testing.assert_allclose(viewer.layers["series denoised"].data, want, atol=1e-4)
     assert w._all.native.isHidden() and "all 3 slice(s)" in w._status.value
+
+
+def test_compile_the_network_is_passed_to_the_run_for_a_whole_stack(widget, qtbot, monkeypatch):
+    from napari_emdenoise import nets
+
+    viewer, w = widget
+    compiled = []
+
+    def fake(module):  # stands in for torch.compile (whose real figures are in tests/test_denoise.py): records the call
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(nets, "compiled", fake)
+    viewer.add_image(np.stack([simulate(size=(96, 96), period=12, dose=8, seed=s).noisy for s in range(2)]), name="series")
+    w._stack.value, w._compile.value = True, True
+    _denoise(qtbot, viewer, w, "series denoised")
+    assert len(compiled) == 1 and viewer.layers["series denoised"].metadata["settings"]["compile"] is True
+    assert viewer.layers["series denoised"].data.shape == (2, 96, 96)

@@ -105,6 +105,10 @@ class DenoiseWidget(JobWidget):
         self._rescale = CheckBox(value=True, text="match the model's scale",
                                  tooltip="resample the image to the pixels per atom column the model was trained at "
                                          "and back, when its period lies outside the model's range")
+        self._compile = CheckBox(value=False, text="compile the network",
+                                 tooltip="torch.compile: about twice as fast on a CPU once compiled, for 10-20 s of "
+                                         "compiling at each new image size; worth it for a whole stack, not for one image "
+                                         "(no layer-by-layer progress while it runs; not for lazy layers)")
         self._all = PushButton(text="Denoise all slices", visible=False,
                                tooltip="compute every slice of the lazy result now, in the background, and keep it in memory")
         self._lazy_layer = None  # the lazy result layer that 'Denoise all slices' computes
@@ -114,12 +118,12 @@ class DenoiseWidget(JobWidget):
             self._image, self._source, self._file, self._model_label, self._period, self._period_label, self._stack,
             self._invert, self._map, *self.run_controls(), self._all,
         ])
-        self.add_section([self._tile, self._overlap, self._device, self._rescale])
+        self.add_section([self._tile, self._overlap, self._device, self._rescale, self._compile])
         for label in (self._model_label, self._period_label):
             label.native.setWordWrap(True)
         remember("denoise", {"model": self._source, "checkpoint": self._file, "tile": self._tile,
                              "overlap": self._overlap, "device": self._device, "rescale": self._rescale,
-                             "invert": self._invert, "consistency map": self._map})
+                             "invert": self._invert, "consistency map": self._map, "compile": self._compile})
         self._all.changed.connect(self.start_all)
         self._file.visible = self._source.value == FILE
         self._source.changed.connect(self._on_source)
@@ -247,6 +251,7 @@ class DenoiseWidget(JobWidget):
             self._pending = ("lazy", meta, index)
             self._status.value = ""
             return self.launch(_denoise_lazy, layer.data, self._model, index, **kwargs)
+        kwargs["compile"] = self._compile.value  # (in memory only: a lazy layer's chunks go through the network as it is)
         whole_stack = layer.ndim > 2 and self._stack.value
         data = np.asarray(layer.data) if (layer.ndim == 2 or whole_stack) else current_plane(self._viewer, layer)
         meta = self._layer_meta(layer, data.ndim)
