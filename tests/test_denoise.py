@@ -452,3 +452,19 @@ def test_compile_gives_the_same_result_and_falls_back_where_it_cannot(monkeypatc
     da = pytest.importorskip("dask.array")
     with pytest.raises(ValueError, match="compile does not apply to a lazy"):
         denoise(da.from_array(img), net, compile=True)
+
+
+def test_a_stack_too_large_to_stay_on_the_device_is_uploaded_again_with_the_same_result(monkeypatch):
+    import napari_emdenoise.inference as inference
+
+    net = inference.resolve_model(None)
+    stack = np.stack([simulate(size=(64, 80), period=p, dose=5, seed=p).noisy for p in (8, 30, 12)]).astype(np.float32)
+    stack[0, 5:9, 10:20] = np.nan
+    stack[2] = 3.0  # a constant plane
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DenoiseWarning)
+        kept = denoise(stack, net)
+        monkeypatch.setattr(inference, "KEEP_SHARE", 0.0)  # planned, then each plane uploaded again for its pass
+        again = denoise(stack, net)
+    assert np.array_equal(kept, again, equal_nan=True)
+    assert np.isnan(again[0, 5:9, 10:20]).all() and np.all(again[2] == 3.0)

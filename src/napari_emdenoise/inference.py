@@ -190,11 +190,17 @@ def _memory_budget(net: nn.Module, device: torch.device) -> int:
     """Pixels (of an image, or of tiles together) whose activations one pass may hold: a share of the memory
     available now (not a constant, so a larger machine keeps larger images exact; within a container's or job's
     limit, :func:`.devices.available_memory`)."""
+    return int(_free_memory(device) // _memory_per_px(net, device))
+
+
+def _free_memory(device: torch.device) -> int:
+    """Bytes of memory free on ``device`` now (on the CPU: what this process may still fill)."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-    else:
-        free = available_memory()
-    return int(free // _memory_per_px(net, device))
+        return torch.cuda.mem_get_info(device)[0]
+    return available_memory()
+
+
+KEEP_SHARE = 0.1  # a stack stays on the device from planning to its pass where it fills at most this share of the free memory
 
 
 def _whole_pass_budget(net: nn.Module, device: torch.device) -> int:
@@ -682,7 +688,7 @@ def iter_denoise(
     out = np.empty(planes.shape, dtype=np.float32)
     upload = Uploader(dev, n)
     # on the device from the upload on; a stack's planes stay there from planning to the pass where they fit
-    keep = n == 1 or n * planes[0].size * 4 <= _memory_budget(net, dev) // 4
+    keep = n == 1 or n * planes[0].size * 5 <= KEEP_SHARE * _free_memory(dev)  # float32 and a mask byte per pixel
 
     def prepare(k: int) -> _Prepared:
         return _prepare(upload(planes[k]), invert, planes.dtype.kind == "f")
