@@ -560,3 +560,15 @@ def test_a_missing_gpu_is_one_clear_message_before_any_work(tmp_path, capsys, mo
     assert "no CUDA GPU is available" in capsys.readouterr().err and not (tmp_path / "run").exists()
     assert main(["denoise", str(sim / "noisy" / "sim_0000.tif"), "-o", str(tmp_path / "out"), "--device", "cuda"]) == 2
     assert "no CUDA GPU is available" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_compile_on_a_lazily_read_input_is_said_not_to_apply(tmp_path, trained_model, capsys):
+    import dask.array as da
+
+    from napari_emdenoise.io import write_zarr
+
+    write_zarr(tmp_path / "big.zarr", da.from_array(simulate(size=(96, 128), period=12, dose=5, seed=4).noisy, chunks=(96, 64)))
+    rc = main(["denoise", str(tmp_path / "big.zarr"), "-o", str(tmp_path / "out"), "--model", str(trained_model), "--compile"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and (tmp_path / "out" / "big_denoised.zarr").is_dir()
+    assert "--compile does not apply to a large input read lazily" in out + err

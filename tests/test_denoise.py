@@ -211,6 +211,8 @@ def test_rgb_model_on_a_grey_image(tmp_path):
         (np.zeros((32, 32), dtype=complex), TypeError, "numeric"),
         (np.zeros((32, 32), dtype=bool), TypeError, "numeric"),
         (np.full((32, 32), np.nan), ValueError, "no finite pixels"),
+        (np.full((3, 32, 32), np.inf), ValueError, "no finite pixels"),
+        ([np.zeros((32, 32)), np.zeros((16, 32))], ValueError, r"one shape, got \[\(16, 32\), \(32, 32\)\]"),
     ],
 )
 def test_bad_images_are_explained(trained_model, image, err, words):
@@ -468,3 +470,27 @@ def test_a_stack_too_large_to_stay_on_the_device_is_uploaded_again_with_the_same
         again = denoise(stack, net)
     assert np.array_equal(kept, again, equal_nan=True)
     assert np.isnan(again[0, 5:9, 10:20]).all() and np.all(again[2] == 3.0)
+
+
+def test_a_plane_without_finite_pixels_comes_back_nan_and_the_others_are_denoised():
+    net = None  # the bundled default
+    a = simulate(size=(64, 64), period=10, dose=5, seed=3).noisy.astype(np.float32)
+    alone = denoise(a, net)
+    stack = np.stack([a, np.full_like(a, np.nan), a])
+    with pytest.warns(DenoiseWarning, match="plane 1 has no finite pixels"):
+        out = denoise(stack, net)
+    assert np.isnan(out[1]).all() and np.array_equal(out[0], alone) and np.array_equal(out[2], alone)
+    with pytest.raises(ValueError, match="period must be a number"):
+        denoise(a, net, period=True)
+    with pytest.raises(ValueError, match="whole numbers of px"):
+        denoise(a, net, tile=128.5)
+
+
+def test_a_read_only_input_is_denoised_without_torch_s_warning():
+    a = simulate(size=(64, 64), period=10, dose=5, seed=3).noisy.astype(np.float32)
+    a.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", DenoiseWarning)
+        out = denoise(a)
+    assert out.shape == a.shape and not a.flags.writeable

@@ -98,3 +98,18 @@ def test_the_gpu_resampling_gives_scipy_s_figures(shape, to):
     assert got.shape == ref.shape == to and got.dtype == np.float32
     assert np.abs(got - ref).max() <= 1e-6 * (ref.max() - ref.min())
     assert np.array_equal(resample(torch.from_numpy(img), to).numpy(), ref)  # a CPU tensor goes through scipy
+
+
+def test_extreme_magnitudes_grad_tensors_and_half_floats_are_handled():
+    from napari_emdenoise.lattice import resample
+
+    img = _lattice(8, width=0.12)
+    p = estimate_period(img).period
+    for variant in (img.astype(np.float64) * 1e200, img.astype(np.float64) * 1e-300,
+                    torch.from_numpy(img).requires_grad_()):
+        assert estimate_period(variant).period == pytest.approx(p, rel=1e-9)
+    half = resample(img.astype(np.float16), (200, 200))
+    assert half.dtype == np.float32 and np.abs(half - resample(img, (200, 200))).max() < 1e-2 * np.ptp(img)
+    assert np.array_equal(resample(img.astype(np.uint8), (100, 100)), resample(img.astype(np.uint8).astype(np.float32), (100, 100)))
+    with pytest.raises(ValueError, match="at least 1 px"):
+        resample(img, (0, 10))

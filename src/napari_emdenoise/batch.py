@@ -127,6 +127,9 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
                 from .lazy import denoise_lazy
 
                 arr, pixel_size = read_lazy(path)
+                if opts.compile:
+                    res.notes.append(f"{path.name}: note: --compile does not apply to a large input read lazily: its "
+                                     "chunks go through the network as it is")
                 with _LOCK:
                     result = denoise_lazy(arr, net, tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,
                                           device=opts.device, period=opts.period, rescale=opts.rescale, amp=opts.amp,

@@ -119,7 +119,9 @@ class Uploader:
     def __call__(self, plane: np.ndarray) -> torch.Tensor:
         src = np.asarray(plane)
         if self.device.type == "cpu":
-            return torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32))
+            src = np.ascontiguousarray(src, dtype=np.float32)
+            # a read-only array (a memory map, a napari layer's data): a copy, as torch does not share read-only memory
+            return torch.from_numpy(src if src.flags.writeable else src.copy())
         if src.dtype.type not in self.TRAVEL or not src.dtype.isnative:
             src = src.astype(np.float32)
         src = np.ascontiguousarray(src)

@@ -117,6 +117,8 @@ def check_period(period, shape: tuple[int, ...] | None = None) -> float | None:
     the image's ``shape`` is known, at most half its side."""
     if period is None:
         return None
+    if isinstance(period, (bool, np.bool_)):
+        raise ValueError(f"the period must be a number of pixels, not {period!r}")
     try:
         p = float(period)
     except (TypeError, ValueError):
@@ -330,6 +332,13 @@ def _layer_progress(net: nn.Module, run: Callable[[], torch.Tensor], every_s: fl
     finally:  # also when closed at a yield (Cancel) or on Ctrl-C: the pass stops at its next layer, then the hooks go
         if not finished.is_set():
             state["stop"] = True
+            if not convs and threading.current_thread() is threading.main_thread():
+                # a compiled network (no layer hooks) cannot stop midway; said at once, as a script or the CLI would
+                # otherwise wait in silence (warnings may be recorded until the run ends)
+                import sys
+
+                print("stopping once the compiled network's pass ends (compiling and a pass can take tens of seconds; "
+                      "a second Ctrl-C quits at once)", file=sys.stderr, flush=True)
             finished.wait()
         for h in hooks:
             h.remove()
@@ -636,7 +645,11 @@ def contrast_skew(plane) -> float:
 
 
 def _check_image(image) -> np.ndarray:
-    arr = np.asarray(image)
+    try:
+        arr = np.asarray(image)
+    except ValueError:  # e.g. a list of planes of different shapes
+        shapes = sorted({tuple(np.shape(p)) for p in image}) if isinstance(image, (list, tuple)) else "?"
+        raise ValueError(f"the planes of a stack must all have one shape, got {shapes}: denoise them one by one") from None
     check_image_type(arr.dtype, arr.shape)
     return arr
 
@@ -696,13 +709,17 @@ def iter_denoise(
     prepared: list[_Prepared] = []
     plans: list[Plan] = []
     chunk = lattice.GPU_PLANES if dev.type == "cuda" else 1
+    blank = []  # planes without a finite pixel
     for s in range(0, n, chunk):  # plan every plane first so the total is known; a GPU estimates planes together
         part = [prepare(k) for k in range(s, min(n, s + chunk))]
+        blank += [s + i for i, p in enumerate(part) if p.bad == p.data.numel()]
         found = [p.data for p in part if p.constant is None]
         ests = iter(_estimates_on(found, dev) if rescale and period is None and found else [])
         plans += [plan_for(period if not rescale or period is not None or p.constant is not None else next(ests),
                            info, rescale and p.constant is None) for p in part]
         prepared += part if keep else [None] * len(part)
+    if len(blank) == n:
+        raise ValueError("the image has no finite pixels (all NaN or Inf)")
     bs = batch_size
     shapes = [_scaled_shape(p.shape, pl.scale) for p, pl in zip(planes, plans)]
     tile_plans = [_plan(s, tile, overlap, net) for s in shapes]
@@ -713,8 +730,8 @@ def iter_denoise(
     for note in sorted({pl.note for pl in plans if pl.notify}):
         warnings.warn(note, DenoiseWarning, stacklevel=2)
     if not invert:
-        first = prepared[0] or prepare(0)
-        skew = contrast_skew(first.data)
+        first = next(k for k in range(n) if k not in blank)
+        skew = contrast_skew((prepared[first] or prepare(first)).data)
         if skew < INVERTED_SKEW:
             warnings.warn(
                 f"the image looks like inverted contrast (bright-field or ABF: atom columns darker than the background; "
@@ -725,12 +742,19 @@ def iter_denoise(
     for k in range(n):
         p = prepared[k] or prepare(k)
         prepared[k] = None
-        if p.bad:
+        if k in blank:
+            warnings.warn(f"plane {k} has no finite pixels (all NaN or Inf): it is NaN in the output", DenoiseWarning,
+                          stacklevel=2)
+        elif p.bad:
             warnings.warn(
                 f"{p.bad} NaN/Inf pixel(s) were replaced by the median for denoising and are NaN in the output",
                 DenoiseWarning, stacklevel=2,
             )
-        if p.constant is not None:  # (non-finite pixels are filled by now) nothing to denoise: give it back as it is
+        if k in blank:
+            y = p.data
+            done += len(tile_plans[k])
+            yield Progress(done, total)
+        elif p.constant is not None:  # (non-finite pixels are filled by now) nothing to denoise: give it back as it is
             warnings.warn(f"the image{f' (plane {k})' if n > 1 else ''} is constant ({p.constant:g}): "
                           "nothing to denoise, returned as it is", DenoiseWarning, stacklevel=2)
             y = p.data
@@ -770,7 +794,7 @@ class _Prepared:
     data: torch.Tensor | None  # float32, non-finite pixels filled with the median, contrast inverted where asked
     finite: torch.Tensor | None  # where the plane is finite, only when some pixels are not
     bad: int  # non-finite pixels
-    constant: float | None  # the value of a plane that holds one value only
+    constant: float | None  # the value of a plane that holds one value only (NaN: no finite pixel at all)
 
 
 def _prepare(t: torch.Tensor, invert: bool, floating: bool) -> _Prepared:
@@ -780,8 +804,8 @@ def _prepare(t: torch.Tensor, invert: bool, floating: bool) -> _Prepared:
     if floating:
         finite = torch.isfinite(t)
         bad = t.numel() - int(finite.sum())
-        if bad == t.numel():
-            raise ValueError("the image has no finite pixels (all NaN or Inf)")
+        if bad == t.numel():  # nothing to denoise: NaN in the output
+            return _Prepared(torch.full_like(t, torch.nan), None, bad, float("nan"))
         if bad:
             t = torch.where(finite, t, torch.full((), _percentiles(t[finite], (50.0,))[0], device=t.device))
         else:

@@ -78,8 +78,8 @@ def estimate_periods(planes, min_period: float = MIN_PERIOD, max_period: float =
         part = planes[s : s + chunk]
         # crop first: a 4096^2 frame costs what 1024^2 does
         crop = [_analysis_crop(p) for p in part]
-        crop = torch.stack([c.to(torch.float64) if isinstance(c, torch.Tensor) else torch.from_numpy(np.asarray(c, np.float64))
-                            for c in crop])
+        crop = torch.stack([c.detach().to(torch.float64) if isinstance(c, torch.Tensor)
+                            else torch.from_numpy(np.asarray(c, np.float64)) for c in crop])
         out += _estimate_chunk(crop, part, float(min_period), float(max_period))
     return out
 
@@ -119,13 +119,15 @@ def _estimate_chunk(img: torch.Tensor, planes, min_period: float, max_period: fl
     finite = torch.isfinite(img)
     if not bool(finite.all()):  # NaN/Inf pixels count as the whole plane's median of finite pixels (computed only then)
         for k in range(n):
-            whole = np.asarray(planes[k].cpu() if isinstance(planes, torch.Tensor) else planes[k], dtype=np.float64)
+            whole = np.asarray(planes[k].detach().cpu() if isinstance(planes[k], torch.Tensor) else planes[k], dtype=np.float64)
             good = whole[np.isfinite(whole)]
             fill = float(np.median(good)) if good.size else 0.0
             img[k] = torch.where(finite[k], img[k], torch.full_like(img[k], fill))
     h, w = img.shape[-2:]
     if min(h, w) < 16:
         return [none] * n
+    # a unit scale (the estimate does not depend on it): the power spectrum of values near 1e200 would overflow
+    img = img / img.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
     flat = img.std(dim=(1, 2)) == 0
     # remove slow variation (dents, gradients) so it does not leak into the lattice frequencies: first a fitted plane
     # (a ramp's reflected borders would otherwise ring at long periods), then a broad Gaussian
@@ -168,7 +170,7 @@ def _estimate_chunk(img: torch.Tensor, planes, min_period: float, max_period: fl
         f, angle = float(np.hypot(cy, cx)), float(np.degrees(np.arctan2(cy, cx)))
         if is_flat:
             out.append(none)
-        elif c < MIN_CONTRAST or f == 0:
+        elif not (c >= MIN_CONTRAST and np.isfinite(f) and f > 0):
             out.append(PeriodEstimate(None, float(c), angle))
         else:
             out.append(PeriodEstimate(float(1.0 / f), float(c), angle))
@@ -304,9 +306,14 @@ def resample(image, shape: tuple[int, int]):
     with torch (:func:`_resample_torch`, the same figures to float32 rounding), on the CPU with scipy.
     """
     if isinstance(image, torch.Tensor):
+        image = image.detach()
         if image.device.type == "cpu":
             return torch.from_numpy(resample(image.numpy(), shape))
         return _resample_torch(image, shape)
+    if min(shape) < 1:
+        raise ValueError(f"cannot resample to shape {tuple(shape)}: at least 1 px a side")
+    if image.dtype not in (np.float32, np.float64):  # integers and float16: scipy filters them as float32
+        image = image.astype(np.float32)
     h, w = image.shape
     if (h, w) == tuple(shape):
         return image.astype(np.float32, copy=False)

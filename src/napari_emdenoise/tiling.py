@@ -124,6 +124,8 @@ def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, align: in
     h, w = shape
     if tile is None:
         return [Tile(plan_axis(h, h, 0)[0], plan_axis(w, w, 0)[0])]
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or not isinstance(overlap, (int, np.integer)):
+        raise ValueError(f"tile and overlap are whole numbers of px, got tile {tile!r} and overlap {overlap!r}")
     if tile < 16:
         raise ValueError(f"tile must be at least 16 px, got {tile}")
     if not 0 <= overlap <= tile // 2:
