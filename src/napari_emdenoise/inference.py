@@ -634,7 +634,7 @@ def contrast_skew(plane) -> float:
     device."""
     step = max(1, int(np.sqrt(plane.shape[-2] * plane.shape[-1] / 262_144)))
     sub = plane[::step, ::step]
-    x = sub.double() if isinstance(sub, torch.Tensor) else torch.from_numpy(np.asarray(sub, dtype=np.float64))
+    x = lattice._float64(sub) if isinstance(sub, torch.Tensor) else torch.from_numpy(np.asarray(sub, dtype=np.float64))
     finite = torch.isfinite(x)
     if not bool(finite.all()):
         x = torch.where(finite, x, torch.full_like(x, _percentiles(x[finite], (50.0,))[0] if bool(finite.any()) else 0.0))
@@ -714,7 +714,7 @@ def iter_denoise(
         part = [prepare(k) for k in range(s, min(n, s + chunk))]
         blank += [s + i for i, p in enumerate(part) if p.bad == p.data.numel()]
         found = [p.data for p in part if p.constant is None]
-        ests = iter(_estimates_on(found, dev) if rescale and period is None and found else [])
+        ests = iter(lattice.estimate_periods(found) if rescale and period is None and found else [])
         plans += [plan_for(period if not rescale or period is not None or p.constant is not None else next(ests),
                            info, rescale and p.constant is None) for p in part]
         prepared += part if keep else [None] * len(part)
@@ -812,11 +812,6 @@ def _prepare(t: torch.Tensor, invert: bool, floating: bool) -> _Prepared:
             finite = None
     low, high = (float(v) for v in torch.aminmax(t))
     return _Prepared(t, finite, bad, low if low == high else None)
-
-
-def _estimates_on(planes: list[torch.Tensor], device: torch.device) -> list[PeriodEstimate]:
-    """The period estimates of planes on ``device``, computed there (Apple MPS has no float64: there on the CPU)."""
-    return lattice.estimate_periods([p.cpu() for p in planes] if device.type == "mps" else planes)
 
 
 def _as_cancel(cancel) -> Callable[[], bool]:

@@ -78,7 +78,7 @@ def estimate_periods(planes, min_period: float = MIN_PERIOD, max_period: float =
         part = planes[s : s + chunk]
         # crop first: a 4096^2 frame costs what 1024^2 does
         crop = [_analysis_crop(p) for p in part]
-        crop = torch.stack([c.detach().to(torch.float64) if isinstance(c, torch.Tensor)
+        crop = torch.stack([_float64(c.detach()) if isinstance(c, torch.Tensor)
                             else torch.from_numpy(np.asarray(c, np.float64)) for c in crop])
         out += _estimate_chunk(crop, part, float(min_period), float(max_period))
     return out
@@ -110,6 +110,11 @@ def _geometry(h: int, w: int, min_period: float, max_period: float, device: torc
     at = torch.nonzero(band.flatten())[:, 0]
     band_fr, order = fr.flatten()[at].sort(stable=True)
     return _Geometry(fy, fx, fr, band, at[order], band_fr, 1.5 / side)
+
+
+def _float64(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64 where it lies, or on the CPU for a device without float64 (Apple MPS)."""
+    return t.to("cpu" if t.device.type == "mps" else t.device, torch.float64)
 
 
 def _estimate_chunk(img: torch.Tensor, planes, min_period: float, max_period: float) -> list[PeriodEstimate]:
@@ -307,8 +312,8 @@ def resample(image, shape: tuple[int, int]):
     """
     if isinstance(image, torch.Tensor):
         image = image.detach()
-        if image.device.type == "cpu":
-            return torch.from_numpy(resample(image.numpy(), shape))
+        if image.device.type in ("cpu", "mps"):  # (MPS has no float64: scipy on the CPU, and back)
+            return torch.from_numpy(resample(image.cpu().numpy(), shape)).to(image.device)
         return _resample_torch(image, shape)
     if min(shape) < 1:
         raise ValueError(f"cannot resample to shape {tuple(shape)}: at least 1 px a side")
