@@ -356,16 +356,20 @@ def _percentiles(t: torch.Tensor, qs: tuple[float, ...]) -> list[float]:
 
 
 def _order_percentiles(t: torch.Tensor, qs: tuple[float, ...]) -> list[float]:
-    """``np.percentile``'s linear interpolation between order statistics, with torch on any device."""
+    """``np.percentile``'s linear interpolation between order statistics, with torch on any device: one sort, which on
+    a GPU takes milliseconds for a 4096^2 plane (``kthvalue`` works one block per slice there, 20x slower than a sort:
+    pytorch/pytorch#75599), and one copy back of the values needed."""
     flat = t.reshape(-1)
     n = flat.numel()
+    pos = [q / 100.0 * (n - 1) for q in qs]
+    ks = sorted({int(np.floor(p)) for p in pos} | {min(int(np.floor(p)) + 1, n - 1) for p in pos})
+    values = flat.sort().values[torch.tensor(ks, device=flat.device)].double().cpu().numpy()
+    at = dict(zip(ks, values))
     out = []
-    for q in qs:
-        pos = q / 100.0 * (n - 1)
-        k = int(np.floor(pos))
-        a = float(flat.kthvalue(k + 1).values)
-        b = float(flat.kthvalue(min(k + 2, n)).values) if pos > k else a
-        out.append(a + (b - a) * (pos - k))
+    for p in pos:
+        k = int(np.floor(p))
+        a, b = float(at[k]), float(at[min(k + 1, n - 1)])
+        out.append(a + (b - a) * (p - k) if p > k else a)
     return out
 
 
