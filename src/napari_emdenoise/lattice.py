@@ -199,16 +199,23 @@ def _mirror_index(n: int, before: int, after: int, device) -> torch.Tensor:
 def gaussian_blur(x: torch.Tensor, sigma: tuple[float, float]) -> torch.Tensor:
     """scipy.ndimage.gaussian_filter(mode="reflect") of the last two axes of an (N, H, W) float64 tensor."""
     for axis, s in ((1, sigma[0]), (2, sigma[1])):
-        if s <= 0:
-            continue
-        k = _gaussian_kernel(s, x.device).to(x.dtype)
-        r = (len(k) - 1) // 2
-        ext = x.index_select(axis, _mirror_index(x.shape[axis], r, r, x.device))
-        ext = ext.movedim(axis, -1)
-        lead = ext.shape[:-1]
-        y = torch.nn.functional.conv1d(ext.reshape(-1, 1, ext.shape[-1]), k.view(1, 1, -1))
-        x = y.view(*lead, -1).movedim(-1, axis)
+        if s > 0:
+            x = _mirrored_fir(x, _gaussian_kernel(s, x.device).to(x.dtype), axis)
     return x
+
+
+def _mirrored_fir(x: torch.Tensor, kernel: torch.Tensor, axis: int) -> torch.Tensor:
+    """A symmetric FIR filter (odd length) along ``axis``, on the half-sample-symmetric extension (scipy's "reflect"):
+    a weighted sum of shifted views, one pass over the plane per tap (conv1d in float64 has no cuDNN kernel and
+    unrolls each row on a GPU)."""
+    r = (len(kernel) - 1) // 2
+    n = x.shape[axis]
+    ext = x.index_select(axis, _mirror_index(n, r, r, x.device))
+    weights = kernel.tolist()
+    out = ext.narrow(axis, 0, n) * weights[0]
+    for j in range(1, len(weights)):
+        out += ext.narrow(axis, j, n) * weights[j]
+    return out
 
 
 def _low_pass(img: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -366,9 +373,7 @@ def _resample_torch(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor
     kernel = np.sqrt(3.0) * SPLINE_POLE ** k.abs()
     out_shape = (int(round(h * zy)), int(round(w * zx)))
     for axis in (1, 2):
-        ext = c.index_select(axis, _mirror_index(c.shape[axis], SPLINE_RADIUS, SPLINE_RADIUS, c.device)).movedim(axis, -1)
-        lead = ext.shape[:-1]
-        coef = torch.nn.functional.conv1d(ext.reshape(-1, 1, ext.shape[-1]), kernel.view(1, 1, -1)).view(*lead, -1)
+        coef = _mirrored_fir(c, kernel, axis).movedim(axis, -1)
         c = _spline_axis(coef, out_shape[axis - 1]).movedim(-1, axis)
     return _exact_shape(c[0].float(), shape)
 
