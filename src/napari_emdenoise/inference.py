@@ -8,6 +8,7 @@ and :func:`denoise` drives it for scripts and the CLI.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from dataclasses import dataclass
@@ -335,8 +336,6 @@ def _layer_progress(net: nn.Module, run: Callable[[], torch.Tensor], every_s: fl
             if not convs and threading.current_thread() is threading.main_thread():
                 # a compiled network (no layer hooks) cannot stop midway; said at once, as a script or the CLI would
                 # otherwise wait in silence (warnings may be recorded until the run ends)
-                import sys
-
                 print("stopping once the compiled network's pass ends (compiling and a pass can take tens of seconds; "
                       "a second Ctrl-C quits at once)", file=sys.stderr, flush=True)
             finished.wait()
@@ -639,9 +638,9 @@ def contrast_skew(plane) -> float:
     step = max(1, int(np.sqrt(plane.shape[-2] * plane.shape[-1] / 262_144)))
     sub = plane[::step, ::step]
     x = lattice._float64(sub) if isinstance(sub, torch.Tensor) else torch.from_numpy(np.asarray(sub, dtype=np.float64))
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        x = torch.where(finite, x, torch.full_like(x, _percentiles(x[finite], (50.0,))[0] if bool(finite.any()) else 0.0))
+    x, _, bad = _fill_nonfinite(x)
+    if bad == x.numel():
+        return 0.0
     lo, hi = _percentiles(x, (0.1, 99.9))
     x = lattice.gaussian_blur(x.clamp(lo, hi)[None], (1.0, 1.0))[0]
     sd = float(x.std(correction=0))
@@ -713,14 +712,15 @@ def iter_denoise(
     prepared: list[_Prepared] = []
     plans: list[Plan] = []
     chunk = lattice.GPU_PLANES if dev.type == "cuda" else 1
-    blank = []  # planes without a finite pixel
+    blank = set()  # planes without a finite pixel
+    estimate = rescale and period is None
     for s in range(0, n, chunk):  # plan every plane first so the total is known; a GPU estimates planes together
         part = [prepare(k) for k in range(s, min(n, s + chunk))]
-        blank += [s + i for i, p in enumerate(part) if p.bad == p.data.numel()]
-        found = [p.data for p in part if p.constant is None]
-        ests = iter(lattice.estimate_periods(found) if rescale and period is None and found else [])
-        plans += [plan_for(period if not rescale or period is not None or p.constant is not None else next(ests),
-                           info, rescale and p.constant is None) for p in part]
+        blank |= {s + i for i, p in enumerate(part) if p.bad == p.data.numel()}
+        found = [p.data for p in part if p.constant is None]  # a constant plane (or a blank one) is not resampled
+        ests = iter(lattice.estimate_periods(found) if estimate and found else [])
+        plans += [plan_for(next(ests) if estimate and p.constant is None else period, info, rescale and p.constant is None)
+                  for p in part]
         prepared += part if keep else [None] * len(part)
     if len(blank) == n:
         raise ValueError("the image has no finite pixels (all NaN or Inf)")
@@ -754,13 +754,10 @@ def iter_denoise(
                 f"{p.bad} NaN/Inf pixel(s) were replaced by the median for denoising and are NaN in the output",
                 DenoiseWarning, stacklevel=2,
             )
-        if k in blank:
-            y = p.data
-            done += len(tile_plans[k])
-            yield Progress(done, total)
-        elif p.constant is not None:  # (non-finite pixels are filled by now) nothing to denoise: give it back as it is
-            warnings.warn(f"the image{f' (plane {k})' if n > 1 else ''} is constant ({p.constant:g}): "
-                          "nothing to denoise, returned as it is", DenoiseWarning, stacklevel=2)
+        if p.constant is not None:  # one value (NaN for a blank plane): nothing to denoise, given back as it is
+            if k not in blank:
+                warnings.warn(f"the image{f' (plane {k})' if n > 1 else ''} is constant ({p.constant:g}): "
+                              "nothing to denoise, returned as it is", DenoiseWarning, stacklevel=2)
             y = p.data
             done += len(tile_plans[k])
             yield Progress(done, total)
@@ -806,16 +803,23 @@ def _prepare(t: torch.Tensor, invert: bool, floating: bool) -> _Prepared:
         t = -t
     finite, bad = None, 0
     if floating:
-        finite = torch.isfinite(t)
-        bad = t.numel() - int(finite.sum())
+        t, finite, bad = _fill_nonfinite(t)
         if bad == t.numel():  # nothing to denoise: NaN in the output
             return _Prepared(torch.full_like(t, torch.nan), None, bad, float("nan"))
-        if bad:
-            t = torch.where(finite, t, torch.full((), _percentiles(t[finite], (50.0,))[0], device=t.device))
-        else:
-            finite = None
     low, high = (float(v) for v in torch.aminmax(t))
     return _Prepared(t, finite, bad, low if low == high else None)
+
+
+def _fill_nonfinite(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """``t`` with its NaN/Inf pixels replaced by the median of the finite ones, where it was finite (None when all of
+    it was), and how many pixels were not (all of them: ``t`` is returned as it is)."""
+    finite = torch.isfinite(t)
+    bad = t.numel() - int(finite.sum())
+    if bad == 0:
+        return t, None, 0
+    if bad == t.numel():
+        return t, finite, bad
+    return torch.where(finite, t, torch.full((), _percentiles(t[finite], (50.0,))[0], dtype=t.dtype, device=t.device)), finite, bad
 
 
 def _as_cancel(cancel) -> Callable[[], bool]:

@@ -137,7 +137,6 @@ def _estimate_chunk(img: torch.Tensor, planes, min_period: float, max_period: fl
     # remove slow variation (dents, gradients) so it does not leak into the lattice frequencies: first a fitted plane
     # (a ramp's reflected borders would otherwise ring at long periods), then a broad Gaussian
     # (rows and columns of a full grid are orthogonal: the plane is the line fits of the row and column means)
-    scale = img.abs().amax(dim=(1, 2))
     dev, f64 = img.device, torch.float64
     ry = torch.arange(h, dtype=f64, device=dev) - (h - 1) / 2
     rx = torch.arange(w, dtype=f64, device=dev) - (w - 1) / 2
@@ -145,7 +144,7 @@ def _estimate_chunk(img: torch.Tensor, planes, min_period: float, max_period: fl
     tilt_x = (img.mean(dim=1) @ rx) / (rx @ rx)
     img = img - img.mean(dim=(1, 2), keepdim=True) - tilt_y[:, None, None] * ry[None, :, None] \
         - tilt_x[:, None, None] * rx[None, None, :]
-    flat |= img.std(dim=(1, 2)) <= 1e-9 * scale  # a plane and nothing else
+    flat |= img.std(dim=(1, 2)) <= 1e-9  # a plane and nothing else (of the unit scale)
     low = _low_pass(img, max_period / 2)
     win = torch.outer(torch.hann_window(h, periodic=False, dtype=f64, device=dev),
                       torch.hann_window(w, periodic=False, dtype=f64, device=dev))
@@ -192,7 +191,12 @@ def _gaussian_kernel(sigma: float, device) -> torch.Tensor:
 
 def _mirror_index(n: int, before: int, after: int, device) -> torch.Tensor:
     """Indices that extend an axis of n samples by half-sample symmetry (scipy's "reflect": d c b a | a b c d | d c)."""
-    i = torch.arange(-before, n + after, device=device) % (2 * n)
+    return _mirror(torch.arange(-before, n + after, device=device), n)
+
+
+def _mirror(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Any indices, brought into an axis of n samples by half-sample symmetry."""
+    i = i % (2 * n)
     return torch.where(i >= n, 2 * n - 1 - i, i)
 
 
@@ -317,13 +321,13 @@ def resample(image, shape: tuple[int, int]):
     A numpy array gives float32 numpy. A torch tensor gives a float32 tensor on its device: on a GPU computed there
     with torch (:func:`_resample_torch`, the same figures to float32 rounding), on the CPU with scipy.
     """
+    if min(shape) < 1:
+        raise ValueError(f"cannot resample to shape {tuple(shape)}: at least 1 px a side")
     if isinstance(image, torch.Tensor):
         image = image.detach()
         if image.device.type in ("cpu", "mps"):  # (MPS has no float64: scipy on the CPU, and back)
             return torch.from_numpy(resample(image.cpu().numpy(), shape)).to(image.device)
         return _resample_torch(image, shape)
-    if min(shape) < 1:
-        raise ValueError(f"cannot resample to shape {tuple(shape)}: at least 1 px a side")
     if image.dtype not in (np.float32, np.float64):  # integers and float16: scipy filters them as float32
         image = image.astype(np.float32)
     h, w = image.shape
@@ -388,9 +392,7 @@ def _spline_axis(coef: torch.Tensor, m: int) -> torch.Tensor:
     weights = ((1 - t) ** 3 / 6, (3 * t**3 - 6 * t**2 + 4) / 6, (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6, t**3 / 6)
     out = torch.zeros(*coef.shape[:-1], m, dtype=coef.dtype, device=coef.device)
     for j, wj in enumerate(weights):
-        i = base.long() + (j - 1)
-        i = i % (2 * n)
-        i = torch.where(i >= n, 2 * n - 1 - i, i)  # the coefficients' half-sample-symmetric extension
+        i = _mirror(base.long() + (j - 1), n)  # the coefficients' half-sample-symmetric extension
         out += wj * coef.index_select(-1, i)
     return out
 
