@@ -1,12 +1,13 @@
 """The fidelity benchmark measures what a user would check: filled vacancies, lost dopants, false atoms."""
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
 
 from napari_emdenoise import fidelity
-from napari_emdenoise.scenes import ADATOM, DOPANT, VACANCY_HEAVY, VACUUM, make_scene, zweight
+from napari_emdenoise.scenes import ADATOM, DOPANT, LIGHT, VACANCY_HEAVY, VACUUM, make_scene, zweight
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,22 @@ def test_filled_vacancies_and_erased_dopants_are_counted(vacancies, dopants):
     assert r["dopants_found"] == 0 and r["dopant_contrast_change"] < -0.5
 
 
+def test_ideal_observer_reads_each_column_off_the_frame(vacancies):
+    # a frame without noise in which some light columns are gone: the observer reads their weights off it
+    w = vacancies.weights.copy()
+    gone = np.flatnonzero(vacancies.labels == LIGHT)[::40]
+    w[gone] = 0.0
+    want, frame = vacancies.render(w)
+    seen = dataclasses.replace(vacancies, noisy=np.rint(frame).astype(np.uint16))
+    out = fidelity.ideal_observer(seen)
+    assert np.abs(out - want).max() < 0.02 * want.max()
+    assert fidelity.measure(vacancies, out)["light_recall_5-15%"] < 0.99  # the removed columns (1 in 40) count as lost
+    # on the noisy frame it keeps every vacancy and measures light columns better than the frame itself
+    ideal, noisy = (fidelity.measure(vacancies, m(vacancies)) for m in (fidelity.ideal_observer, lambda s: s.noisy))
+    assert ideal["vacancy_fill_heavy"] == 0 and ideal["vacancy_fill_light"] <= noisy["vacancy_fill_light"]
+    assert ideal["light_error_5-15%"] < 0.7 * noisy["light_error_5-15%"]
+
+
 def test_lattice_painted_over_vacuum_counts_as_false_atoms():
     s = make_scene(kind="amorphous", size=256, period=12, dose=5, seed=fidelity.SEED0 + 102)
     lattice = make_scene(kind="columns", size=256, period=12, dose=5, seed=1).clean
@@ -62,7 +79,7 @@ def test_cli_fidelity_quick_writes_table_csv_and_figure(tmp_path, monkeypatch, c
     assert "vacancies filled" in out and "| model |" in out and "| noisy |" in out
     rows = list(csv.DictReader(open(tmp_path / "fidelity.csv")))
     methods = {r["method"] for r in rows}
-    assert {"noisy", "gaussian", "model"} <= methods and len(rows) == 2 * len(methods)
+    assert {"noisy", "gaussian", fidelity.IDEAL, "model"} <= methods and len(rows) == 2 * len(methods)
     assert {r["kind"] for r in rows} == {"vacancies", "dopants"}
     assert (tmp_path / "fidelity.png").stat().st_size > 10_000
     assert (tmp_path / "fidelity_summary.csv").exists()
