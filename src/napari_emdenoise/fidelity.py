@@ -245,7 +245,7 @@ def ideal_observer(scene: Scene) -> np.ndarray:
     by borrowing from its neighbours (a prior), which is how vacancies get filled.
     """
     p = scene.params
-    n, sigma = len(scene.weights), scene.sigma
+    sigma = scene.sigma
     truth = scene.clean.astype(np.float64)
     expected = scene.counts(scene.expected)  # mean counts, the line gains included
     gain = np.where(truth > 0, expected / np.where(truth > 0, truth, 1.0), 1.0)
