@@ -356,6 +356,18 @@ def test_constant_images_of_any_magnitude_and_rgb_arrays():
         denoise(rgb)
 
 
+def test_float64_values_float32_cannot_hold_are_refused_not_hidden():
+    noisy = simulate(size=64, period=12, seed=0).noisy.astype(np.float64)
+    with pytest.raises(ValueError, match="the image holds values up to 6.9e\\+39, beyond the float32 range"):
+        denoise(noisy * 1e38)  # float32 would make every pixel Inf: "no finite pixels"
+    with pytest.raises(ValueError, match="plane 1 holds values from .* all one value in the float32"):
+        denoise(np.stack([noisy, noisy * 1e-300]))  # float32 would make it 0: "constant"
+    with pytest.raises(ValueError, match="all one value"):
+        denoise(1e9 + noisy[:32, :32] * 1e-6)
+    tiny = denoise(noisy * 1e-30, tile=None)  # small but within float32: denoised as it is
+    assert np.corrcoef(tiny.ravel(), denoise(noisy, tile=None).ravel())[0, 1] > 0.999
+
+
 def test_inverted_contrast_is_noticed_and_denoised_with_invert():
     from napari_emdenoise.inference import contrast_skew
 

@@ -706,8 +706,13 @@ def iter_denoise(
     # on the device from the upload on; a stack's planes stay there from planning to the pass where they fit
     keep = n == 1 or n * planes[0].size * 5 <= KEEP_SHARE * _free_memory(dev)  # float32 and a mask byte per pixel
 
+    wide = planes.dtype.kind == "f" and planes.dtype.itemsize > 4  # float64: more range and precision than the pass
+
     def prepare(k: int) -> _Prepared:
-        return _prepare(upload(planes[k]), invert, planes.dtype.kind == "f")
+        p = _prepare(upload(planes[k]), invert, planes.dtype.kind == "f")
+        if wide and (p.bad or p.constant is not None):  # did float32 lose what the plane holds? (rare: looked at then)
+            _check_float32_range(planes[k], f"plane {k}" if n > 1 else "the image")
+        return p
 
     prepared: list[_Prepared] = []
     plans: list[Plan] = []
@@ -808,6 +813,22 @@ def _prepare(t: torch.Tensor, invert: bool, floating: bool) -> _Prepared:
             return _Prepared(torch.full_like(t, torch.nan), None, bad, float("nan"))
     low, high = (float(v) for v in torch.aminmax(t))
     return _Prepared(t, finite, bad, low if low == high else None)
+
+
+def _check_float32_range(plane: np.ndarray, name: str) -> None:
+    """A ValueError where a float64 plane's finite values overflow float32 (denoising's type) or collapse to one value
+    in it: the result would show them as NaN or as a constant image, which would hide what the data hold."""
+    values = plane[np.isfinite(plane)]
+    if values.size == 0:
+        return
+    lo, hi = float(values.min()), float(values.max())
+    top = max(abs(lo), abs(hi))
+    if top > np.finfo(np.float32).max:
+        raise ValueError(f"{name} holds values up to {top:.3g}, beyond the float32 range (3.4e38) that denoising works in: "
+                         f"scale it down first (e.g. divide by {top:.0e})")
+    if lo != hi and np.float32(lo) == np.float32(hi):
+        raise ValueError(f"{name} holds values from {lo:.9g} to {hi:.9g}, which are all one value in the float32 that "
+                         "denoising works in: subtract their offset or scale them up first")
 
 
 def _fill_nonfinite(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, int]:

@@ -319,7 +319,8 @@ def resample(image, shape: tuple[int, int]):
     (order 3, reflected borders, grid mode) after a Gaussian low-pass to the new Nyquist limit when shrinking.
 
     A numpy array gives float32 numpy. A torch tensor gives a float32 tensor on its device: on a GPU computed there
-    with torch (:func:`_resample_torch`, the same figures to float32 rounding), on the CPU with scipy.
+    with torch (:func:`_resample_torch`, the same figures to float32 rounding), on the CPU with scipy. An image that
+    already has ``shape`` comes back as float32, not copied (the very array when it is float32 already).
     """
     if min(shape) < 1:
         raise ValueError(f"cannot resample to shape {tuple(shape)}: at least 1 px a side")
