@@ -148,15 +148,20 @@ def main(argv=None) -> int:
               "dopants found | false atoms in vacuum |")
         print("|---|---|---|---|---|---|---|---|")
         for mode in ["bundled (untrained)", *args.modes]:  # each row as soon as its model is trained and measured
-            model = None
-            if mode != "bundled (untrained)":
-                model = train_mode(mode, noisy, clean, tmp / "runs", iters, args.device, args.quick, args.consistency, args.lr)
-                if args.keep:
-                    import shutil
+            try:
+                model = None
+                if mode != "bundled (untrained)":
+                    model = train_mode(mode, noisy, clean, tmp / "runs", iters, args.device, args.quick, args.consistency,
+                                       args.lr)
+                    if args.keep:
+                        import shutil
 
-                    args.keep.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(model, args.keep / f"{mode}.safetensors")
-            r = measure(model, held_out, args.quick)
+                        args.keep.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(model, args.keep / f"{mode}.safetensors")
+                r = measure(model, held_out, args.quick)
+            except KeyboardInterrupt:  # Ctrl-C, or the GPU session's deadline: the rows printed so far are complete
+                print(f"stopped during '{mode}': the rows above are complete", file=sys.stderr)
+                return 130
             print(f"| {mode} | {r['psnr']:.2f} | {r['f1_min']:.3f} | {r['dent_max']:.3f} | {100 * r['flagged']:.2f} % | "
                   f"{100 * r['vac_heavy']:.0f} % / {100 * r['vac_light']:.0f} % | {r['dopants']} | {r['vacuum']} |", flush=True)
     return 0

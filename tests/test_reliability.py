@@ -182,6 +182,25 @@ def test_ctrl_c_during_denoise_ends_cleanly(tmp_path):  # row E27: was a C++ abo
     assert proc.returncode in (0, 130) and "terminate called" not in err and "Traceback" not in err, err
 
 
+def test_ctrl_c_while_the_command_loads_ends_with_one_line():
+    """The console script's first moments: a Ctrl-C while the commands import, before any handler of theirs (in a
+    process of its own, which an import interrupted half-way cannot leave in a strange state for other tests)."""
+    script = """if True:
+        import importlib.abc, sys
+
+        class Interrupting(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "napari_emdenoise.cli":
+                    raise KeyboardInterrupt
+
+        sys.meta_path.insert(0, Interrupting())
+        from napari_emdenoise._entry import main
+        sys.exit(main())
+    """
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and proc.stderr == "emdenoise: interrupted\n", proc.stderr
+
+
 def test_a_header_that_claims_terabytes_is_called_corrupt(tmp_path):  # row E7
     import struct
 
