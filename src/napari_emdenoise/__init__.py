@@ -47,9 +47,11 @@ def __getattr__(name):
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            return version("napari-emdenoise")
+            found = version("napari-emdenoise")
         except PackageNotFoundError:  # running from a source tree
-            return "0.0.0+unknown"
+            found = "0.0.0+unknown"
+        globals()["__version__"] = found  # read the metadata once: later reads find the attribute
+        return found
     if name in _LAZY:
         from importlib import import_module
 

@@ -706,10 +706,11 @@ def iter_denoise(
     # on the device from the upload on; a stack's planes stay there from planning to the pass where they fit
     keep = n == 1 or n * planes[0].size * 5 <= KEEP_SHARE * _free_memory(dev)  # float32 and a mask byte per pixel
 
-    wide = planes.dtype.kind == "f" and planes.dtype.itemsize > 4  # float64: more range and precision than the pass
+    floating = planes.dtype.kind == "f"
+    wide = floating and planes.dtype.itemsize > 4  # float64: more range and precision than the pass
 
     def prepare(k: int) -> _Prepared:
-        p = _prepare(upload(planes[k]), invert, planes.dtype.kind == "f")
+        p = _prepare(upload(planes[k]), invert, floating)
         if wide and (p.bad or p.constant is not None):  # did float32 lose what the plane holds? (rare: looked at then)
             _check_float32_range(planes[k], f"plane {k}" if n > 1 else "the image")
         return p
