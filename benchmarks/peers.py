@@ -152,7 +152,7 @@ def fidelity_main(args, py: Path) -> int:
 
     methods = fidelity.classical_methods()
     methods[name] = tk_r_em
-    methods["model"] = fidelity.model_method(None)
+    methods.update(fidelity.model_methods("model", None))
     run = drive(fidelity.iter_fidelity(methods, args.quick), lambda e: print(e.message, file=sys.stderr))
     by_name = {n: key[s.params.seed] for n, s in scenes}
     for row in run.rows:  # the peer's time is its own network's, measured in its process

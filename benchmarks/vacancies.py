@@ -10,7 +10,8 @@ column kind empty) over a grid of periods and doses, with seeds from 5000 (neith
 * the ideal observer (`fidelity.ideal_observer`: every position known, each column's weight
   fitted to the frame), what the counts themselves can tell;
 * the noisy frame as it is (smoothed as the measure smooths);
-* the bundled model, and each `--model` given.
+* the bundled model, and each `--model` given, each as it is and with its columns refit to the
+  frame (`refit_columns`, docs/fidelity.md).
 
 A model whose figure stands far above the ideal observer's draws O columns the data do not show.
 """
@@ -38,8 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=384)
     args = p.parse_args(argv)
     methods = {"ideal observer": fidelity.ideal_observer, "noisy": lambda s: s.noisy,
-               "bundled model": fidelity.model_method(None)}
-    methods.update({m.stem: fidelity.model_method(m) for m in args.model})
+               **fidelity.model_methods("bundled model", None)}
+    for m in args.model:
+        methods.update(fidelity.model_methods(m.stem, m))
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
           f"{args.seeds} scene(s) of {args.size}² per cell; empty O sites filled:")
     print("| period px | dose counts/px | " + " | ".join(methods) + " |")
@@ -50,7 +52,9 @@ def main(argv=None) -> int:
             for j, dose in enumerate(args.doses):
                 scenes = [make_scene(kind="vacancies", size=args.size, period=period, dose=dose, seed=5000 + 100 * k + 10 * j + i)
                           for i in range(args.seeds)]
-                cells = [np.nanmean([fidelity.measure(s, fn(s))["vacancy_fill_light"] for s in scenes]) for fn in methods.values()]
+                # scene by scene, so that a refit row reuses its model's output of the same scene
+                cells = np.nanmean([[fidelity.measure(s, fn(s))["vacancy_fill_light"] for fn in methods.values()] for s in scenes],
+                                   axis=0)
                 print(f"| {period:g} | {dose:g} | " + " | ".join(f"{100 * c:.0f} %" for c in cells) + " |", flush=True)
     return 0
 

@@ -14,6 +14,7 @@ _LAZY = {  # name: (module, attribute), imported on first use so that importing 
     "SimResult": ("simulate", "SimResult"),
     "simulate": ("simulate", "simulate"),
     "check": ("consistency", "check"),
+    "refit_columns": ("refit", "refit_columns"),
     "denoise": ("inference", "denoise"),
     "iter_denoise": ("inference", "iter_denoise"),
     "Cancelled": ("inference", "Cancelled"),
@@ -37,6 +38,7 @@ __all__ = [
     "iter_denoise",
     "load_generator",
     "read_tiff",
+    "refit_columns",
     "simulate",
     "write_tiff",
 ]

@@ -297,6 +297,26 @@ def model_method(model) -> Method:
     return run
 
 
+REFIT = " + refit"  # suffix of the rows whose columns are refit to the data (:mod:`.refit`)
+
+
+def model_methods(name: str, model) -> dict[str, Method]:
+    """Two rows for a generator: ``name`` (:func:`model_method`) and ``name + REFIT``, its output with every column's
+    height refit to the frame (:func:`napari_emdenoise.refit_columns`). The second reuses the first's output of the
+    same scene, so its seconds are the refit's alone."""
+    from .refit import refit_columns
+
+    net, last = model_method(model), {}
+
+    def run(scene: Scene) -> np.ndarray:
+        if last.get("scene") is not scene:
+            last.clear()
+            last.update(scene=scene, out=net(scene))
+        return last["out"]
+
+    return {name: run, name + REFIT: lambda scene: refit_columns(scene.noisy, run(scene)).image}
+
+
 @dataclass
 class FidelityRun:
     rows: list[dict]  # one per (scene, method)

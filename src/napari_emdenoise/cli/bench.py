@@ -78,9 +78,9 @@ def _cmd_fidelity(args: argparse.Namespace, out: Path) -> int:
 
     methods = fidelity.classical_methods()
     try:
-        methods["model"] = fidelity.model_method(None)
+        methods.update(fidelity.model_methods("model", None))
         for path in args.extra:
-            methods[path.stem] = fidelity.model_method(path)
+            methods.update(fidelity.model_methods(path.stem, path))
     except (CheckpointError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     run = run_job(fidelity.iter_fidelity(methods, args.quick), "fidelity", "run")

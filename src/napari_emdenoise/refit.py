@@ -1,0 +1,194 @@
+"""Column heights from the data: every atom column of a denoised image refit to the frame it came from.
+
+A network that has learnt a lattice borrows from its neighbours: it draws an empty light-column
+site as a faint column and pulls the occupied ones of that sublattice towards their mean
+(docs/fidelity.md, "Empty light sites across doses"). ``refit_columns(noisy, denoised)`` keeps
+where the output puts its columns and takes their heights from the counts:
+
+1. **Noise model and intensity match** as in :func:`napari_emdenoise.check`: the output is mapped
+   onto the data affinely, ``var(noisy) = g * mu + c`` is fitted from the pair (floored at a fifth
+   of its median, so that a detector offset cannot make dark pixels weigh without limit), and hot
+   pixels and NaN weigh nothing.
+2. **Columns** are the output's local maxima (after light smoothing) that stand at least one
+   column-measurement sigma above their surroundings, at least two template widths apart (the
+   lower of a closer pair is dropped), with their core clear of hot pixels.
+3. **One least-squares fit per column:** a Gaussian template of width ``0.8 * scale`` (0.12 of
+   the lattice period) centred on the column is fitted, Poisson-weighted, to the residual
+   ``noisy - output`` over the column's core, and added to the output with its fitted height.
+   An empty site the network filled comes back to what the counts say (about zero), an
+   occupied column to its own measured height; pixel noise between columns stays removed.
+
+The result is as noisy, column by column, as a per-column measurement is (the ideal observer of
+the fidelity benchmark) and carries no neighbour's brightness. On the fidelity benchmark it cuts
+the empty light sites the bundled model fills from 56 % to 17 % of the quick suite and halves the
+dopant contrast error, for a higher light-column contrast error (0.24 against 0.19 on the
+10-15 % band, the ideal observer's 0.23) and 0.3 dB of PSNR (docs/fidelity.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+TEMPLATE = 1.7  # template sigma over the columns' curvature width (column_width)
+MIN_WIDTH = 0.6  # px
+MIN_HEIGHT = 1.0  # a column must stand this many column-measurement sigma above its surroundings in the output
+SEPARATION = 2.0  # template widths between two columns; the lower of a closer pair is no column of its own
+VAR_FLOOR = 0.2  # of the median variance
+SIGNIFICANT = 3.0  # a column moved by more than this many sigma of its measurement is counted as a disagreement
+
+
+@dataclass
+class Refit:
+    """The result of :func:`refit_columns` (for a stack, summed over its planes)."""
+
+    image: np.ndarray  # float32, the denoised image with every column's height from the data
+    columns: int  # columns refit
+    lowered: int  # columns the output drew brighter than the data show, by more than SIGNIFICANT sigma
+    raised: int  # columns the output drew darker than the data show, by more than SIGNIFICANT sigma
+    width: float  # px, the template's sigma
+
+    def text(self) -> str:
+        return (f"{self.columns} column heights refit to the data; the output had {self.lowered} brighter and "
+                f"{self.raised} darker than the counts show (beyond {SIGNIFICANT:g} sigma)")
+
+    def summary(self) -> dict:
+        return {"columns": self.columns, "lowered": self.lowered, "raised": self.raised, "width_px": round(self.width, 3),
+                "significance_sigma": SIGNIFICANT}
+
+
+def _columns(mu: np.ndarray, den: np.ndarray, cool: np.ndarray, s: float) -> np.ndarray:
+    """(row, col) of the output's columns (see the module docstring, step 2)."""
+    from scipy.spatial import cKDTree
+    from skimage.feature import peak_local_max
+
+    smooth = ndimage.gaussian_filter(mu, 0.5 * s)
+    pk = peak_local_max(smooth, min_distance=1, exclude_border=False)
+    if not len(pk):
+        return pk
+    size = max(3, int(round(6 * s)) | 1)
+    height = (smooth - ndimage.minimum_filter(smooth, size=size))[pk[:, 0], pk[:, 1]]
+    sigma = 1.0 / np.sqrt(np.maximum(den[pk[:, 0], pk[:, 1]], 1e-30))
+    clear = ndimage.gaussian_filter(cool.astype(np.float32), s)[pk[:, 0], pk[:, 1]] > 0.99
+    ok = (height > MIN_HEIGHT * sigma) & clear
+    pk, height = pk[ok], height[ok]
+    if len(pk) > 1:
+        pairs = cKDTree(pk).query_pairs(SEPARATION * s, output_type="ndarray")
+        if len(pairs):
+            lower = np.where(height[pairs[:, 0]] < height[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
+            keep = np.ones(len(pk), bool)
+            keep[lower] = False
+            pk = pk[keep]
+    return pk
+
+
+def column_width(image: np.ndarray, n: int = 300) -> float | None:
+    """The output's column width (px) for the template: from the curvature of its ``n`` highest columns.
+
+    For a Gaussian of height h sampled at its centre, the mean second difference D along the two
+    axes gives ``exp(-1 / (2 s^2)) = 1 + D / h``; atom columns are more peaked than a Gaussian (probe
+    tails), so this curvature width is scaled by TEMPLATE (a template of about the column's full
+    extent). None when the image shows fewer than 5 peaks.
+    """
+    from skimage.feature import peak_local_max
+
+    d = np.asarray(image, dtype=np.float64)
+    if min(d.shape) < 8:
+        return None
+    pk = peak_local_max(d, min_distance=2, exclude_border=2, num_peaks=20 * n)
+    if len(pk) < 5:
+        return None
+    r, c = pk[:, 0], pk[:, 1]
+    h = d[r, c] - ndimage.minimum_filter(d, size=9)[r, c]
+    top = np.argsort(-h)[:n]
+    r, c, h = r[top], c[top], h[top]
+    curv = 0.5 * (d[r + 1, c] + d[r - 1, c] + d[r, c + 1] + d[r, c - 1] - 4 * d[r, c])
+    q = 1 + curv / np.maximum(h, 1e-30)
+    q = q[(q > 0) & (q < 1) & (h > 0)]
+    if len(q) < 5:
+        return None
+    return TEMPLATE * float(np.sqrt(np.median(-1.0 / (2.0 * np.log(q)))))
+
+
+def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, int, int, int]:
+    from .consistency import _fit_affine, _fit_noise, hot_bound
+
+    holes = ~np.isfinite(y) | ~np.isfinite(d)
+    if holes.all() or np.ptp(y[~holes]) == 0:  # a blank or constant plane (denoise() gives it back as it is)
+        return d, 0, 0, 0
+    if holes.any():
+        fill = np.float32(np.median(d[~holes]))
+        y, d = np.where(holes, fill, y), np.where(holes, fill, d)
+    bound = np.float32(hot_bound(y))
+    a, b = _fit_affine(y, d, bound)
+    cool = (y < bound) & ~holes
+    mu = d * np.float32(a)
+    mu += np.float32(b)
+    g, c = _fit_noise(np.minimum(y, bound), mu, cool)
+    var = mu * np.float32(g)
+    var += np.float32(c)
+    np.maximum(var, np.float32(max(VAR_FLOOR * float(np.median(var)), 1e-12)), out=var)
+    w = np.where(cool, np.float32(1) / var, np.float32(0))
+    del var
+    # sum over a column's core of template^2 * weight (template peak 1, sigma s): a Gaussian of s/sqrt(2), mass pi s^2
+    den = ndimage.gaussian_filter(w, s / np.sqrt(2.0)) * np.float32(np.pi * s * s)
+    pk = _columns(mu, den, cool, s)
+    if not len(pk):
+        return d if not holes.any() else np.where(holes, np.nan, d).astype(np.float32), 0, 0, 0
+    resid = np.minimum(y, bound) - mu
+    resid *= w
+    num = ndimage.gaussian_filter(resid, s) * np.float32(2 * np.pi * s * s)
+    dk = den[pk[:, 0], pk[:, 1]].astype(np.float64)
+    ak = num[pk[:, 0], pk[:, 1]] / dk  # each column's height change, in the data's units
+    z = ak * np.sqrt(dk)
+    delta = np.zeros_like(mu)
+    delta[pk[:, 0], pk[:, 1]] = ak
+    out = d + ndimage.gaussian_filter(delta, s) * np.float32(2 * np.pi * s * s / a)
+    if holes.any():
+        out[holes] = np.nan
+    return out.astype(np.float32, copy=False), len(pk), int((z < -SIGNIFICANT).sum()), int((z > SIGNIFICANT).sum())
+
+
+def refit_columns(noisy, denoised, *, width: float | None = None) -> Refit:
+    """``denoised`` with each atom column's height fitted to ``noisy`` (see the module docstring).
+
+    ``noisy`` and ``denoised`` are images of one shape (2D, or stacks whose last two axes are the
+    image; each plane is refit on its own), ``denoised`` the output of any denoiser for this very
+    frame, in any units. ``width`` is the template's sigma in px (by default measured on the
+    output's brightest columns, :func:`column_width`). Raises
+    :class:`~napari_emdenoise.consistency.ConsistencyError` for a pair that cannot be compared.
+    """
+    from .consistency import ConsistencyError, _as_float
+
+    y, _, _ = _as_float("noisy", noisy)
+    d, unit, _ = _as_float("denoised", denoised)
+    if y.shape != d.shape:
+        raise ConsistencyError(f"the denoised image has shape {d.shape} but the data have {y.shape}: "
+                               "refit an output with the very image it came from")
+    planes_y, planes_d = y.reshape(-1, *y.shape[-2:]), d.reshape(-1, *d.shape[-2:])
+    if width is None:
+        first = next((p for p in planes_d if np.isfinite(p).all()), None)
+        width = column_width(first) if first is not None else None
+        width = MIN_WIDTH if width is None else width
+    try:
+        width = float(width)
+    except (TypeError, ValueError):
+        raise ConsistencyError(f"width must be a number of px, got {width!r}") from None
+    if not (np.isfinite(width) and MIN_WIDTH <= width <= min(y.shape[-2:]) / 8):
+        raise ConsistencyError(f"width must be a number of px from {MIN_WIDTH} to an eighth of the image side "
+                               f"({min(y.shape[-2:]) / 8:g}), got {width}; leave it out to measure it on the output")
+    out = np.empty(planes_y.shape, np.float32)
+    columns = lowered = raised = 0
+    for i, (py, pd) in enumerate(zip(planes_y, planes_d)):
+        try:
+            out[i], n, lo, hi = _refit_plane(py, pd, width)
+        except ConsistencyError as exc:
+            if len(planes_y) == 1:
+                raise
+            raise ConsistencyError(f"plane {i}: {exc}") from None
+        columns, lowered, raised = columns + n, lowered + lo, raised + hi
+    if unit != 1.0:
+        out *= np.float32(unit)
+    return Refit(out.reshape(y.shape), columns, lowered, raised, width)
