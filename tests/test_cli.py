@@ -572,3 +572,22 @@ def test_compile_on_a_lazily_read_input_is_said_not_to_apply(tmp_path, trained_m
     out, err = capsys.readouterr()
     assert rc == 0 and (tmp_path / "out" / "big_denoised.zarr").is_dir()
     assert "--compile does not apply to a large input read lazily" in out + err
+
+
+def test_denoise_refits_column_heights_unless_told_not_to(tmp_path, trained_model, capsys):
+    from napari_emdenoise import denoise, refit_columns
+
+    noisy = simulate(size=128, period=12, dose=4, seed=5).noisy
+    write_tiff(tmp_path / "x.tif", noisy)
+    model = ["--model", str(trained_model), "--tile", "128", "--overlap", "32"]
+    assert main(["denoise", str(tmp_path / "x.tif"), "-o", str(tmp_path / "on"), *model]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    net = denoise(noisy, trained_model, tile=128, overlap=32)
+    want = refit_columns(noisy, net)
+    assert f"x.tif: {want.text()}" in lines and want.columns >= 50
+    on = read_tiff(tmp_path / "on" / "x_denoised.tif")
+    np.testing.assert_allclose(on.data, want.image, atol=1e-3 * float(np.ptp(net)))
+    assert json.loads(on.metadata["imagej"]["Info"])["refit"]["columns"] == want.columns
+    assert main(["denoise", str(tmp_path / "x.tif"), "-o", str(tmp_path / "off"), *model, "--no-refit"]) == 0
+    assert "column heights" not in capsys.readouterr().out
+    np.testing.assert_allclose(read_tiff(tmp_path / "off" / "x_denoised.tif").data, net, atol=1e-3 * float(np.ptp(net)))

@@ -44,10 +44,27 @@ def test_denoise_adds_a_layer_with_the_input_shape_and_scale(widget, qtbot):
     assert w._run.enabled and not w._cancel.enabled
     # the consistency check ran: its one line under the button, its summary on the layer, no map unless asked
     expected = check(sim.noisy, out.data)
-    assert w._status.value == expected.text()
+    assert w._status.value.startswith(expected.text() + "; ")
     assert "disagree with the data" in w._status.value or "consistent with the data" in w._status.value
     assert out.metadata["consistency"] == expected.summary()
     assert [layer.name for layer in viewer.layers] == ["scan", "scan denoised"]
+    # every column's height was refit to the data (on by default), and the layer says how many
+    assert w._refit.value and out.metadata["settings"]["refit"] is True
+    assert out.metadata["refit"]["columns"] >= 200  # about 300 columns of a 12 px lattice on 200 x 240 px
+    assert f"{out.metadata['refit']['columns']} column heights refit to the data" in w._status.value
+
+
+def test_refit_off_gives_the_network_output(widget, qtbot, trained_model):
+    from napari_emdenoise import denoise
+
+    viewer, w = widget
+    sim = simulate(size=(128, 128), period=12, dose=6, seed=2)
+    viewer.add_image(sim.noisy, name="scan")
+    w._refit.value = False
+    _denoise(qtbot, viewer, w, "scan denoised")
+    out = viewer.layers["scan denoised"]
+    assert "refit" not in out.metadata and "refit" not in w._status.value
+    assert np.allclose(out.data, denoise(sim.noisy, trained_model), atol=1e-3 * float(np.ptp(out.data)))
 
 
 def test_consistency_map_layer_when_asked_for(widget, qtbot):
@@ -65,7 +82,7 @@ def test_consistency_map_layer_when_asked_for(widget, qtbot):
     expected = check(sim.noisy, viewer.layers["scan denoised"].data)
     np.testing.assert_array_equal(z.data, expected.z)
     assert z.metadata["consistency"] == expected.summary() == viewer.layers["scan denoised"].metadata["consistency"]
-    assert w._status.value == expected.text()
+    assert w._status.value.startswith(expected.text())
 
 
 def test_a_check_that_cannot_run_still_adds_the_denoised_layer(widget, qtbot, monkeypatch):

@@ -32,6 +32,7 @@ class FileOptions:
     compile: bool = False  # torch.compile the network (in-memory files; large files go lazily, as they are)
     dtype: str = "float32"
     check: bool = False
+    refit: bool = True  # each column's height refit to the data (refit_columns; in-memory files)
     overwrite: bool = False
     model_label: str = "bundled default"
 
@@ -105,6 +106,7 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
     from .inference import DenoiseWarning, iter_denoise
     from .io import ImageFileError, read_image, read_lazy, write_tiff, write_zarr
     from .jobs import drive
+    from .refit import refit_columns
 
     path, out_dir = Path(path), Path(out_dir)
     res = FileResult(str(path))
@@ -138,6 +140,9 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
                            attrs={"source": str(path), "model": opts.model_label})
                 if opts.check:
                     res.notes.append(f"{path.name}: note: --check is not run on lazily denoised (large) inputs")
+                if opts.refit:
+                    res.notes.append(f"{path.name}: note: column heights are not refit to the data on lazily denoised "
+                                     "(large) inputs: the output is the network's")
                 res.lines.append(f"{path.name} -> {targets[0]}")
             else:
                 img = read_image(path)
@@ -146,6 +151,14 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
                     result = drive(iter_denoise(img.data, net, tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,
                                                 device=opts.device, period=opts.period, rescale=opts.rescale, amp=opts.amp,
                                                 invert=opts.invert, compile=opts.compile), progress)
+                refit = None
+                if opts.refit:
+                    try:
+                        refit = refit_columns(img.data, result, invert=opts.invert)
+                        result = refit.image
+                    except ConsistencyError as exc:  # the network's output is written as it is, and the user told
+                        res.notes.append(f"{path.name}: note: column heights not refit (the network's output is written "
+                                         f"as it is): {exc}")
                 cons, cons_error = None, None
                 if opts.check:
                     try:
@@ -153,8 +166,11 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
                     except ConsistencyError as exc:  # the denoised output is still written
                         cons_error = exc
                 write_tiff(targets[0], result, pixel_size=img.pixel_size, dtype=opts.dtype, overwrite=opts.overwrite,
-                           axes=img.axes, description={"source": str(path), "model": opts.model_label})
+                           axes=img.axes, description={"source": str(path), "model": opts.model_label,
+                                                       "refit": refit.summary() if refit is not None else None})
                 res.lines.append(f"{path.name} -> {targets[0]}")
+                if refit is not None:
+                    res.lines.append(f"{path.name}: {refit.text()}")
                 res.outputs.append(str(targets[0]))
                 if cons_error is not None:
                     raise ConsistencyError(f"consistency check could not run: {cons_error}")

@@ -34,7 +34,7 @@ from scipy import ndimage
 
 TEMPLATE = 1.7  # template sigma over the columns' curvature width (column_width)
 MIN_WIDTH = 0.6  # px
-MIN_HEIGHT = 1.0  # a column must stand this many column-measurement sigma above its surroundings in the output
+MIN_HEIGHT = 0.5  # a column must stand this many column-measurement sigma above its surroundings in the output
 SEPARATION = 2.0  # template widths between two columns; the lower of a closer pair is no column of its own
 VAR_FLOOR = 0.2  # of the median variance
 SIGNIFICANT = 3.0  # a column moved by more than this many sigma of its measurement is counted as a disagreement
@@ -151,13 +151,14 @@ def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, in
     return out.astype(np.float32, copy=False), len(pk), int((z < -SIGNIFICANT).sum()), int((z > SIGNIFICANT).sum())
 
 
-def refit_columns(noisy, denoised, *, width: float | None = None) -> Refit:
+def refit_columns(noisy, denoised, *, width: float | None = None, invert: bool = False) -> Refit:
     """``denoised`` with each atom column's height fitted to ``noisy`` (see the module docstring).
 
     ``noisy`` and ``denoised`` are images of one shape (2D, or stacks whose last two axes are the
     image; each plane is refit on its own), ``denoised`` the output of any denoiser for this very
     frame, in any units. ``width`` is the template's sigma in px (by default measured on the
-    output's brightest columns, :func:`column_width`). Raises
+    output's brightest columns, :func:`column_width`). ``invert``: the columns are dark (bright-field
+    or ABF contrast, as ``denoise(invert=True)``). Raises
     :class:`~napari_emdenoise.consistency.ConsistencyError` for a pair that cannot be compared.
     """
     from .consistency import ConsistencyError, _as_float
@@ -167,6 +168,8 @@ def refit_columns(noisy, denoised, *, width: float | None = None) -> Refit:
     if y.shape != d.shape:
         raise ConsistencyError(f"the denoised image has shape {d.shape} but the data have {y.shape}: "
                                "refit an output with the very image it came from")
+    if invert:
+        y, d = -y, -d
     planes_y, planes_d = y.reshape(-1, *y.shape[-2:]), d.reshape(-1, *d.shape[-2:])
     if width is None:
         first = next((p for p in planes_d if np.isfinite(p).all()), None)
@@ -189,6 +192,6 @@ def refit_columns(noisy, denoised, *, width: float | None = None) -> Refit:
                 raise
             raise ConsistencyError(f"plane {i}: {exc}") from None
         columns, lowered, raised = columns + n, lowered + lo, raised + hi
-    if unit != 1.0:
-        out *= np.float32(unit)
+    if unit != 1.0 or invert:
+        out *= np.float32(-unit if invert else unit)
     return Refit(out.reshape(y.shape), columns, lowered, raised, width)

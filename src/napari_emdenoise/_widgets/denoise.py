@@ -22,6 +22,7 @@ from qtpy.QtWidgets import QApplication
 
 from ..checkpoints import CheckpointError, model_info
 from ..consistency import Consistency, ConsistencyError, check
+from ..refit import Refit, refit_columns
 from ..inference import DEFAULT_MODEL, available_devices, iter_denoise, resolve_model
 from ..lattice import estimate_period
 from ._common import current_plane
@@ -33,17 +34,29 @@ BUNDLED = "bundled default"
 FILE = "checkpoint file"
 
 
-def _denoise_and_check(data, model, **kwargs):
-    """``iter_denoise``'s progress events, then the consistency check of its result, all in the worker thread.
+def _denoise_and_check(data, model, refit: bool = False, **kwargs):
+    """``iter_denoise``'s progress events, then (with ``refit``) each column's height refit to the data, then the
+    consistency check of the result, all in the worker thread.
 
-    Returns ``(result, Consistency)``, or ``(result, ConsistencyError)`` when the pair cannot be checked.
+    Returns ``(result, Consistency or ConsistencyError, Refit or ConsistencyError or None)``: an error where that step
+    could not run (the result is then the network's output as it is).
     """
+    from ..jobs import Event
+
     result = yield from iter_denoise(data, model, **kwargs)
+    fit = None
+    if refit:
+        yield Event(1, 1, "refit", "refitting each column's height to the data")
+        try:
+            fit = refit_columns(data, result, invert=kwargs.get("invert", False))
+            result = fit.image
+        except ConsistencyError as exc:
+            fit = exc
     try:
         cons = check(data, result)
     except ConsistencyError as exc:
         cons = exc
-    return result, cons
+    return result, cons, fit
 
 
 def _denoise_lazy(data, model, index, **kwargs):
@@ -94,6 +107,11 @@ class DenoiseWidget(JobWidget):
                              tooltip="a second layer, z = data minus output in units of the noise (bwr colormap, "
                                      "±2 x threshold): red where the data are brighter (something erased), blue "
                                      "where the output is brighter (something invented)")
+        self._refit = CheckBox(value=True, text="column heights from the data",
+                               tooltip="refit each atom column of the result to the counts (a least-squares fit per "
+                                       "column): a network that fills an empty site or pulls a column towards its "
+                                       "neighbours is corrected, at the cost of each column keeping its own noise; "
+                                       "off: the network's output as it is")
         self._tile = SpinBox(value=512, min=0, max=8192, step=32, label="tile (px)",
                              tooltip="an image too large for one pass in the memory available is denoised in tiles "
                                      "of this size (enlarged if the network needs more context), blended seamlessly; "
@@ -116,14 +134,15 @@ class DenoiseWidget(JobWidget):
         self._estimates: list[threading.Event] = []  # one per period estimate started and not yet known to be done
         self.extend([
             self._image, self._source, self._file, self._model_label, self._period, self._period_label, self._stack,
-            self._invert, self._map, *self.run_controls(), self._all,
+            self._invert, self._refit, self._map, *self.run_controls(), self._all,
         ])
         self.add_section([self._tile, self._overlap, self._device, self._rescale, self._compile])
         for label in (self._model_label, self._period_label):
             label.native.setWordWrap(True)
         remember("denoise", {"model": self._source, "checkpoint": self._file, "tile": self._tile,
                              "overlap": self._overlap, "device": self._device, "rescale": self._rescale,
-                             "invert": self._invert, "consistency map": self._map, "compile": self._compile})
+                             "invert": self._invert, "consistency map": self._map, "compile": self._compile,
+                             "refit": self._refit})
         self._all.changed.connect(self.start_all)
         self._file.visible = self._source.value == FILE
         self._source.changed.connect(self._on_source)
@@ -255,12 +274,12 @@ class DenoiseWidget(JobWidget):
         whole_stack = layer.ndim > 2 and self._stack.value
         data = np.asarray(layer.data) if (layer.ndim == 2 or whole_stack) else current_plane(self._viewer, layer)
         meta = self._layer_meta(layer, data.ndim)
-        meta["metadata"]["settings"] = kwargs
+        meta["metadata"]["settings"] = {**kwargs, "refit": self._refit.value}
         if layer.ndim > 2 and not whole_stack:
             meta["metadata"]["source_slice"] = self._slice_index(layer)
         self._pending = ("memory", meta, f"{layer.name} consistency" if self._map.value else None)
         self._status.value = ""
-        return self.launch(_denoise_and_check, data, self._model, **kwargs)
+        return self.launch(_denoise_and_check, data, self._model, refit=self._refit.value, **kwargs)
 
     def start_all(self, *_) -> ClosingWorker | None:
         """Compute every slice of the lazy result layer in a worker; the layer then holds the result in memory."""
@@ -315,7 +334,8 @@ class DenoiseWidget(JobWidget):
             limits = (limits[0], limits[0] + 1.0)
         if lazy.ndim == 2:  # a 2-D image was computed whole: keep it in memory
             self._viewer.add_image(shown, **meta, contrast_limits=limits)
-            self._status.value = "denoised chunk by chunk (lazy input); not checked for consistency"
+            self._status.value = ("denoised chunk by chunk (lazy input); not checked for consistency" +
+                                  (", column heights not refit" if self._refit.value else ""))
             return
         meta["metadata"] = {**meta["metadata"], "lazy": True}
         self._lazy_layer = self._viewer.add_image(lazy, **meta, contrast_limits=limits)
@@ -323,15 +343,20 @@ class DenoiseWidget(JobWidget):
         self._status.value = ("lazy result: each slice is denoised when shown; 'Denoise all slices' computes the rest "
                               "in the background")
 
-    def _memory_result(self, result: np.ndarray, cons: Consistency | ConsistencyError) -> None:
+    def _memory_result(self, result: np.ndarray, cons: Consistency | ConsistencyError,
+                       fit: Refit | ConsistencyError | None = None) -> None:
         meta, map_name = self._pending[1], self._pending[2]
+        if fit is not None:
+            meta = {**meta, "metadata": {**meta["metadata"], "refit": fit.summary() if isinstance(fit, Refit) else str(fit)}}
+        refit_text = ("" if fit is None else f"; {fit.text()}" if isinstance(fit, Refit)
+                      else f"; column heights not refit (the network's output as it is): {fit}")
         if isinstance(cons, ConsistencyError):
             self._viewer.add_image(result, **meta)
-            self._status.value = f"the check could not run: {cons}"
+            self._status.value = f"the check could not run: {cons}{refit_text}"
             return
         summary = cons.summary()
         self._viewer.add_image(result, **{**meta, "metadata": {**meta["metadata"], "consistency": summary}})
-        self._status.value = cons.text()
+        self._status.value = cons.text() + refit_text
         if map_name is not None:
             limit = 2 * cons.threshold
             extra = {"units": meta["units"]} if "units" in meta else {}

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..io import ImageFileError, read_image, write_tiff
+from ..io import read_image, write_tiff
 from ._common import HelpFormatter, UsageError, check_outputs
 
 def _add_denoise(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +17,9 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
             "Denoise each input TIFF (2D or a stack) and write OUT_DIR/<name>_denoised.tif (float32, the input's "
             "pixel size kept). The image is resampled to the model's training period (estimated from the image "
             "unless --period is given), cut into overlapping tiles that are blended seamlessly, and mapped back. "
+            "Each atom column of the result then gets its height from the counts (a least-squares fit per column, so "
+            "that no empty site is filled and no column pulled towards its neighbours beyond noise; --no-refit writes "
+            "the network's output as it is). "
             "With --check, each output is also compared with its input (no ground truth needed) and "
             "OUT_DIR/<name>_consistency.tif is written: the float32 z map, the local residual input - output in "
             "units of the noise (positive: the data are brighter, something was erased; negative: the output is "
@@ -48,6 +51,11 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--invert", action="store_true",
                    help="bright-field or ABF images (atom columns darker than the background): denoise them as ADF contrast "
                         "and turn the result back (a note says when an image looks inverted without it)")
+    p.add_argument("--no-refit", action="store_true",
+                   help="write the network's output as it is, without refitting each atom column's height to the counts "
+                        "(by default every column the output shows is refit to the frame by least squares, so that a "
+                        "network cannot fill an empty site or pull a column towards its neighbours beyond noise; "
+                        "docs/denoise.md)")
     p.add_argument("--dtype", choices=["float32", "uint16"], default="float32", help="output sample type")
     p.add_argument("--check", action="store_true",
                    help="check each output against its input: write OUT_DIR/<name>_consistency.tif (z map, float32) "
@@ -93,7 +101,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     opts = FileOptions(tile=args.tile or None, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
                        period=args.period, rescale=not args.no_rescale, amp=not args.no_amp, invert=args.invert,
-                       compile=args.compile, dtype=args.dtype, check=args.check, overwrite=args.overwrite,
+                       compile=args.compile, dtype=args.dtype, check=args.check, refit=not args.no_refit,
+                       overwrite=args.overwrite,
                        model_label=str(args.model or "bundled default"))
     outputs = {p: outputs_for(p, args.out, args.check, is_large(p)) for p in args.inputs}
     targets = [t for ts in outputs.values() for t in ts]
