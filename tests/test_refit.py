@@ -86,3 +86,5 @@ def test_stacks_holes_and_bad_pairs(scene):
         refit_columns(scene.noisy, filled, width=0.1)
     with pytest.raises(ConsistencyError, match="does not follow the data"):
         refit_columns(scene.noisy, -filled)
+    with pytest.raises(ConsistencyError, match="100 NaN or infinite pixels where the data have numbers"):
+        refit_columns(scene.noisy, out)

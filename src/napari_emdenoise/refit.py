@@ -113,11 +113,17 @@ def column_width(image: np.ndarray, n: int = 300) -> float | None:
 
 
 def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, int, int, int]:
-    from .consistency import _fit_affine, _fit_noise, hot_bound
+    from .consistency import ConsistencyError, _fit_affine, _fit_noise, hot_bound
 
-    holes = ~np.isfinite(y) | ~np.isfinite(d)
+    y_holes, d_holes = ~np.isfinite(y), ~np.isfinite(d)
+    if (d_holes & ~y_holes).any():
+        raise ConsistencyError(f"the denoised image has {int((d_holes & ~y_holes).sum())} NaN or infinite pixels where "
+                               "the data have numbers: it is not this frame's output (denoise() keeps only the data's "
+                               "missing pixels missing)")
+    holes = y_holes | d_holes
     if holes.all() or np.ptp(y[~holes]) == 0:  # a blank or constant plane (denoise() gives it back as it is)
         return d, 0, 0, 0
+    kept = d
     if holes.any():
         fill = np.float32(np.median(d[~holes]))
         y, d = np.where(holes, fill, y), np.where(holes, fill, d)
@@ -136,7 +142,7 @@ def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, in
     den = ndimage.gaussian_filter(w, s / np.sqrt(2.0)) * np.float32(np.pi * s * s)
     pk = _columns(mu, den, cool, s)
     if not len(pk):
-        return d if not holes.any() else np.where(holes, np.nan, d).astype(np.float32), 0, 0, 0
+        return kept, 0, 0, 0
     resid = np.minimum(y, bound) - mu
     resid *= w
     num = ndimage.gaussian_filter(resid, s) * np.float32(2 * np.pi * s * s)
@@ -146,8 +152,8 @@ def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, in
     delta = np.zeros_like(mu)
     delta[pk[:, 0], pk[:, 1]] = ak
     out = d + ndimage.gaussian_filter(delta, s) * np.float32(2 * np.pi * s * s / a)
-    if holes.any():
-        out[holes] = np.nan
+    if holes.any():  # where the data are missing the output stays as it was (NaN where it was NaN)
+        out[holes] = kept[holes]
     return out.astype(np.float32, copy=False), len(pk), int((z < -SIGNIFICANT).sum()), int((z > SIGNIFICANT).sum())
 
 
