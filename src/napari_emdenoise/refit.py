@@ -65,7 +65,8 @@ def _columns(mu: np.ndarray, den: np.ndarray, cool: np.ndarray, s: float) -> np.
     from skimage.feature import peak_local_max
 
     smooth = ndimage.gaussian_filter(mu, 0.5 * s)
-    pk = peak_local_max(smooth, min_distance=1, exclude_border=False)
+    # a maximum within a template width of the edge may be a column centred outside the image: it keeps its height
+    pk = peak_local_max(smooth, min_distance=1, exclude_border=max(1, int(np.ceil(s))))
     if not len(pk):
         return pk
     size = max(3, int(round(6 * s)) | 1)
@@ -139,19 +140,20 @@ def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, in
     w = np.where(cool, np.float32(1) / var, np.float32(0))
     del var
     # sum over a column's core of template^2 * weight (template peak 1, sigma s): a Gaussian of s/sqrt(2), mass pi s^2
-    den = ndimage.gaussian_filter(w, s / np.sqrt(2.0)) * np.float32(np.pi * s * s)
+    # nothing outside the image: sums over the part of a column's core inside it (no reflected data at the edges)
+    den = ndimage.gaussian_filter(w, s / np.sqrt(2.0), mode="constant") * np.float32(np.pi * s * s)
     pk = _columns(mu, den, cool, s)
     if not len(pk):
         return kept, 0, 0, 0
     resid = np.minimum(y, bound) - mu
     resid *= w
-    num = ndimage.gaussian_filter(resid, s) * np.float32(2 * np.pi * s * s)
+    num = ndimage.gaussian_filter(resid, s, mode="constant") * np.float32(2 * np.pi * s * s)
     dk = den[pk[:, 0], pk[:, 1]].astype(np.float64)
     ak = num[pk[:, 0], pk[:, 1]] / dk  # each column's height change, in the data's units
     z = ak * np.sqrt(dk)
     delta = np.zeros_like(mu)
     delta[pk[:, 0], pk[:, 1]] = ak
-    out = d + ndimage.gaussian_filter(delta, s) * np.float32(2 * np.pi * s * s / a)
+    out = d + ndimage.gaussian_filter(delta, s, mode="constant") * np.float32(2 * np.pi * s * s / a)
     if holes.any():  # where the data are missing the output stays as it was (NaN where it was NaN)
         out[holes] = kept[holes]
     return out.astype(np.float32, copy=False), len(pk), int((z < -SIGNIFICANT).sum()), int((z > SIGNIFICANT).sum())
