@@ -251,15 +251,38 @@ def hot_bound(y: np.ndarray) -> float:
     return float(q999 + 3.0 * (q999 - q50))
 
 
-def _check_plane(y, d, scale, threshold):
+@dataclass
+class Matched:
+    """A data/output pair on the data's scale with its noise model (steps 1 and 2 of the module docstring)."""
+
+    y: np.ndarray  # the data, clipped at the hot-pixel bound
+    mu: np.ndarray  # the output mapped onto the data, a * output + b, clipped at the same bound
+    cool: np.ndarray  # bool: pixels below the bound (and in ``keep``), the ones the noise model was fitted on
+    a: float
+    b: float
+    g: float  # var = g * mu + c
+    c: float
+
+
+def match(y: np.ndarray, d: np.ndarray, keep: np.ndarray | None = None) -> Matched:
+    """Map the output ``d`` onto the data ``y`` and fit the pair's noise model; hot pixels (and pixels outside
+    ``keep``) steer neither. Raises :class:`ConsistencyError` for an output that does not follow the data."""
     bound = np.float32(hot_bound(y))
     a, b = _fit_affine(y, d, bound)
     cool = y < bound
+    if keep is not None:
+        cool &= keep
     y = np.minimum(y, bound)  # hot pixels steer no fit and flag nothing, whether the output kept them or not
     mu = d * np.float32(a)
     mu += np.float32(b)
     np.minimum(mu, bound, out=mu)
     g, c = _fit_noise(y, mu, cool)
+    return Matched(y, mu, cool, a, b, g, c)
+
+
+def _check_plane(y, d, scale, threshold):
+    m = match(y, d)
+    y, mu, cool, a, b, g, c = m.y, m.mu, m.cool, m.a, m.b, m.g, m.c
     z, skew = _z_map(y, mu, g, c, scale)
     flagged = _flag(z, skew, threshold)
     if flagged.mean() > 1e-4:  # refit the noise without what the first pass flagged (and a margin around it)
