@@ -88,3 +88,17 @@ def test_stacks_holes_and_bad_pairs(scene):
         refit_columns(scene.noisy, -filled)
     with pytest.raises(ConsistencyError, match="100 NaN or infinite pixels where the data have numbers"):
         refit_columns(scene.noisy, out)
+
+
+def test_bundled_model_output_at_8px_faint_columns_on_shoulders_are_refit():
+    """At 8 px an O column sits 4 px from a Sr one: the bundled model's filled sites are often no maximum of their
+    own (only a blob on a shoulder), so a maxima-only search left them filled (33 and 39 % on these two scenes)."""
+    from napari_emdenoise import denoise
+
+    for seed, ideal in ((4321, 0.07), (4322, 0.04)):
+        s = make_scene(kind="vacancies", size=256, period=8, dose=5, seed=seed)
+        out = denoise(s.noisy)
+        assert fidelity.measure(s, out)["vacancy_fill_light"] >= 0.8  # the model fills them
+        after = fidelity.measure(s, refit_columns(s.noisy, out).image)
+        assert after["vacancy_fill_light"] <= ideal + 0.1  # the ideal observer: 7 and 4 %
+        assert after["light_recall_5-15%"] >= 0.8

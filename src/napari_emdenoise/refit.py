@@ -35,10 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-TEMPLATE = 1.7  # template sigma over the columns' curvature width (column_width)
 MIN_WIDTH = 0.6  # px
+DETECT = 0.8  # the Laplacian of Gaussian that finds the columns: its sigma over the template's
 MIN_HEIGHT = 0.5  # a column must stand this many column-measurement sigma above its surroundings in the output
-SEPARATION = 2.0  # template widths between two columns; the lower of a closer pair is no column of its own
+SEPARATION = 1.0  # template widths between two columns; the lower of a closer pair is no column of its own
+REACH = 5.0  # template widths within which two columns' templates overlap enough to be fitted together
 VAR_FLOOR = 0.2  # of the median variance
 SIGNIFICANT = 3.0  # a column moved by more than this many sigma of its measurement is counted as a disagreement
 
@@ -68,8 +69,11 @@ def _columns(mu: np.ndarray, den: np.ndarray, cool: np.ndarray, s: float) -> np.
     from skimage.feature import peak_local_max
 
     smooth = ndimage.gaussian_filter(mu, 0.5 * s)
+    # blobs, not only maxima: a faint column on a bright neighbour's shoulder is a maximum of the Laplacian of Gaussian
+    blob = ndimage.gaussian_laplace(mu, max(0.5, DETECT * s))
+    blob *= -1
     # a maximum within a template width of the edge may be a column centred outside the image: it keeps its height
-    pk = peak_local_max(smooth, min_distance=1, exclude_border=max(1, int(np.ceil(s))))
+    pk = peak_local_max(blob, min_distance=1, exclude_border=max(1, int(np.ceil(s))))
     if not len(pk):
         return pk
     size = max(3, int(round(6 * s)) | 1)
@@ -88,13 +92,40 @@ def _columns(mu: np.ndarray, den: np.ndarray, cool: np.ndarray, s: float) -> np.
     return pk
 
 
+def _solve(pk: np.ndarray, num: np.ndarray, den: np.ndarray, s: float) -> np.ndarray:
+    """Every column's height change at once: the weighted least-squares fit of overlapping templates.
+
+    For templates ``t_i``, ``t_j`` (Gaussians of sigma ``s``, centres ``d`` apart) the product is
+    ``exp(-d^2 / 4s^2)`` times a Gaussian of sigma ``s / sqrt(2)`` at their midpoint, so the normal
+    matrix's entries are ``den`` (the weight summed under ``t^2``) at the midpoints.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import spsolve
+    from scipy.spatial import cKDTree
+
+    n = len(pk)
+    b = num[pk[:, 0], pk[:, 1]].astype(np.float64)
+    diag = den[pk[:, 0], pk[:, 1]].astype(np.float64)
+    pairs = cKDTree(pk).query_pairs(REACH * s, output_type="ndarray") if n > 1 else np.zeros((0, 2), int)
+    if not len(pairs):
+        return b / diag
+    i, j = pairs[:, 0], pairs[:, 1]
+    d2 = ((pk[i] - pk[j]) ** 2).sum(1)
+    mid = ndimage.map_coordinates(den, (0.5 * (pk[i] + pk[j])).T, order=1).astype(np.float64)
+    g = np.exp(-d2 / (4.0 * s * s)) * mid
+    rows, cols = np.r_[np.arange(n), i, j], np.r_[np.arange(n), j, i]
+    a = coo_matrix((np.r_[diag, g, g], (rows, cols)), shape=(n, n)).tocsc()
+    return spsolve(a, b)
+
+
 def column_width(image: np.ndarray, n: int = 300) -> float | None:
     """The output's column width (px) for the template: from the curvature of its ``n`` highest columns.
 
-    For a Gaussian of height h sampled at its centre, the mean second difference D along the two
-    axes gives ``exp(-1 / (2 s^2)) = 1 + D / h``; atom columns are more peaked than a Gaussian (probe
-    tails), so this curvature width is scaled by TEMPLATE (a template of about the column's full
-    extent). None when the image shows fewer than 5 peaks.
+    For a Gaussian of height h and sigma s sampled at its centre, the second difference along an
+    axis is ``2 h (q - 1)`` with ``q = exp(-1 / (2 s^2))``, so the mean second difference D over the
+    two axes gives ``q = 1 + D / 2h``: exact for a Gaussian at any width, and the template's sigma
+    for a real column (more peaked than a Gaussian: a little narrower than its full extent). None
+    when the image shows fewer than 5 peaks.
     """
     from skimage.feature import peak_local_max
 
@@ -109,11 +140,11 @@ def column_width(image: np.ndarray, n: int = 300) -> float | None:
     top = np.argsort(-h)[:n]
     r, c, h = r[top], c[top], h[top]
     curv = 0.5 * (d[r + 1, c] + d[r - 1, c] + d[r, c + 1] + d[r, c - 1] - 4 * d[r, c])
-    q = 1 + curv / np.maximum(h, 1e-30)
+    q = 1 + curv / np.maximum(2 * h, 1e-30)
     q = q[(q > 0) & (q < 1) & (h > 0)]
     if len(q) < 5:
         return None
-    return TEMPLATE * float(np.sqrt(np.median(-1.0 / (2.0 * np.log(q)))))
+    return float(np.sqrt(np.median(-1.0 / (2.0 * np.log(q)))))
 
 
 def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, int, int, int]:
@@ -147,8 +178,8 @@ def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, in
     resid *= w
     num = ndimage.gaussian_filter(resid, s, mode="constant") * np.float32(2 * np.pi * s * s)
     dk = den[pk[:, 0], pk[:, 1]].astype(np.float64)
-    ak = num[pk[:, 0], pk[:, 1]] / dk  # each column's height change, in the data's units
-    z = ak * np.sqrt(dk)
+    ak = _solve(pk, num, den, s)  # each column's height change, in the data's units
+    z = num[pk[:, 0], pk[:, 1]] / np.sqrt(dk)  # each column's own measurement against the output, in its sigma
     delta = np.zeros_like(m.mu)
     delta[pk[:, 0], pk[:, 1]] = ak
     out = d + ndimage.gaussian_filter(delta, s, mode="constant") * np.float32(2 * np.pi * s * s / m.a)
