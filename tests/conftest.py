@@ -21,6 +21,19 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test(request):
+    """A widget test's background workers finish before the next test starts: Qt's thread pool has as many threads
+    as cores (2 here), so two left running would hold the next test's worker in the queue past its timeout."""
+    yield
+    import sys
+
+    if "gui" in request.node.keywords and "qtpy" in sys.modules:
+        from qtpy.QtCore import QThreadPool
+
+        QThreadPool.globalInstance().waitForDone(120_000)
+
+
+@pytest.fixture(autouse=True)
 def _own_widget_settings(tmp_path_factory, monkeypatch):
     """The widgets remember their settings in a file of the test's own, never in the user's."""
     monkeypatch.setenv("NAPARI_EMDENOISE_SETTINGS", str(tmp_path_factory.mktemp("settings") / "widgets.json"))
