@@ -67,6 +67,13 @@ def test_width_from_the_output_and_units_kept(scene):
     assert np.allclose(60000 - c, a, atol=1e-3 * float(np.abs(a).max()))
 
 
+def test_columns_narrower_than_the_narrowest_template_are_refit():
+    s = make_scene(kind="vacancies", size=192, period=4.5, dose=8, seed=3)  # column sigma 0.5 px
+    assert column_width(s.expected) < 0.6
+    r = refit_columns(s.noisy, s.expected)
+    assert r.width == 0.6 and r.columns > 1000
+
+
 def test_stacks_holes_and_bad_pairs(scene):
     filled = _filled(scene)
     noisy = scene.noisy.astype(np.float32)

@@ -215,7 +215,8 @@ def refit_columns(noisy, denoised, *, width: float | None = None, invert: bool =
     if width is None:
         first = next((p for p in planes_d if np.isfinite(p).all()), None)
         width = column_width(first) if first is not None else None
-        width = MIN_WIDTH if width is None else width
+        # columns narrower than MIN_WIDTH (periods under about 5 px) get the narrowest template, not an error
+        width = MIN_WIDTH if width is None else max(width, MIN_WIDTH)
     try:
         width = float(width)
     except (TypeError, ValueError):
