@@ -93,20 +93,19 @@ def _columns(mu: np.ndarray, den: np.ndarray, cool: np.ndarray, s: float) -> np.
     return pk
 
 
-def _solve(pk: np.ndarray, num: np.ndarray, den: np.ndarray, s: float) -> np.ndarray:
+def _solve(pk: np.ndarray, b: np.ndarray, diag: np.ndarray, den: np.ndarray, s: float) -> np.ndarray:
     """Every column's height change at once: the weighted least-squares fit of overlapping templates.
 
     For templates ``t_i``, ``t_j`` (Gaussians of sigma ``s``, centres ``d`` apart) the product is
     ``exp(-d^2 / 4s^2)`` times a Gaussian of sigma ``s / sqrt(2)`` at their midpoint, so the normal
-    matrix's entries are ``den`` (the weight summed under ``t^2``) at the midpoints.
+    matrix's entries are ``den`` (the weight summed under ``t^2``) at the midpoints; ``b`` and ``diag`` are the
+    right-hand side and the diagonal (``num`` and ``den`` at the columns).
     """
     from scipy.sparse import coo_matrix, diags
     from scipy.sparse.linalg import cg
     from scipy.spatial import cKDTree
 
     n = len(pk)
-    b = num[pk[:, 0], pk[:, 1]].astype(np.float64)
-    diag = den[pk[:, 0], pk[:, 1]].astype(np.float64)
     pairs = cKDTree(pk).query_pairs(REACH * s, output_type="ndarray") if n > 1 else np.zeros((0, 2), int)
     if not len(pairs):
         return b / diag
@@ -181,9 +180,9 @@ def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, in
     resid = m.y - m.mu
     resid *= w
     num = ndimage.gaussian_filter(resid, s, mode="constant") * np.float32(2 * np.pi * s * s)
-    dk = den[pk[:, 0], pk[:, 1]].astype(np.float64)
-    ak = _solve(pk, num, den, s)  # each column's height change, in the data's units
-    z = num[pk[:, 0], pk[:, 1]] / np.sqrt(dk)  # each column's own measurement against the output, in its sigma
+    bk, dk = num[pk[:, 0], pk[:, 1]].astype(np.float64), den[pk[:, 0], pk[:, 1]].astype(np.float64)
+    ak = _solve(pk, bk, dk, den, s)  # each column's height change, in the data's units
+    z = bk / np.sqrt(dk)  # each column's own measurement against the output, in its sigma
     delta = np.zeros_like(m.mu)
     delta[pk[:, 0], pk[:, 1]] = ak
     out = d + ndimage.gaussian_filter(delta, s, mode="constant") * np.float32(2 * np.pi * s * s / m.a)
