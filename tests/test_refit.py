@@ -109,3 +109,22 @@ def test_bundled_model_output_at_8px_faint_columns_on_shoulders_are_refit():
         after = fidelity.measure(s, refit_columns(s.noisy, out).image)
         assert after["vacancy_fill_light"] <= ideal + 0.1  # the ideal observer: 7 and 4 %
         assert after["light_recall_5-15%"] >= 0.8
+
+
+def test_ripples_in_vacuum_far_from_any_atom_keep_the_output():
+    """The bundled model leaves faint ripples in vacuum; refitting them swapped them for the counts' noise (vacuum PSNR
+    51.2 -> 47.0 dB on this scene). Far from every column the data show, the output stays as it was."""
+    from scipy import ndimage
+
+    from napari_emdenoise import denoise
+    from napari_emdenoise.scenes import VACUUM
+
+    s = make_scene(kind="amorphous", size=256, period=12, dose=4, seed=4323)
+    out = denoise(s.noisy)
+    r = refit_columns(s.noisy, out)
+    assert r.columns > 500  # the amorphous film's atoms are refit
+    deep = ndimage.binary_erosion(s.region == VACUUM, iterations=int(np.ceil(12 * r.width)))
+    assert deep.sum() > 5000
+    span = float(out.max() - out.min())
+    assert np.abs(r.image - out)[deep].max() < 1e-4 * span
+    assert fidelity.measure(s, r.image)["vacuum_psnr"] >= fidelity.measure(s, out)["vacuum_psnr"] - 0.3
