@@ -18,7 +18,8 @@ where the output puts its columns and takes their heights from the counts:
    six template widths of an anchor, a column standing three sigma above its surroundings (one
    the data show on its own): ripples of the output in vacuum or beyond an edge keep their value.
 3. **One least-squares fit of all columns:** Gaussian templates (sigma: the curvature width of
-   the output's highest columns, :func:`column_width`) centred on the columns are fitted,
+   the output's highest columns, :func:`column_width`) centred on the columns, each at its
+   blob's sub-pixel centre (a parabola through the LoG maximum), are fitted,
    Poisson-weighted, to the residual ``noisy - output``, jointly where they overlap (one sparse
    system, :func:`_solve`), and added to the output with their fitted heights. An empty site the
    network filled comes back to what the counts say (about zero), an occupied column to its own
@@ -26,9 +27,9 @@ where the output puts its columns and takes their heights from the counts:
 
 The result is as noisy, column by column, as a per-column measurement is (the ideal observer of
 the fidelity benchmark) and carries no neighbour's brightness. On the fidelity benchmark it cuts
-the empty light sites the bundled model fills from 31 % to 7 % (the ideal observer: 2 %) and the
-dent error from 0.050 to 0.007, for light-column contrast errors a little above the ideal
-observer's (0.23 against 0.20 on the 10-15 % band) and 0.27 dB of PSNR (docs/fidelity.md).
+the empty light sites the bundled model fills from 31 % to 6 % (the ideal observer: 2 %) and the
+dent error from 0.050 to 0.006, for light-column contrast errors a little above the ideal
+observer's (0.23 against 0.20 on the 10-15 % band) and 0.30 dB of PSNR (docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Refit:
 
 
 def _columns(mu: np.ndarray, den: np.ndarray, cool: np.ndarray, s: float) -> np.ndarray:
-    """(row, col) of the output's columns (see the module docstring, step 2)."""
+    """(row, col) of the output's columns, in px to a fraction of one (see the module docstring, step 2)."""
     from scipy.spatial import cKDTree
     from skimage.feature import peak_local_max
 
@@ -80,7 +81,7 @@ def _columns(mu: np.ndarray, den: np.ndarray, cool: np.ndarray, s: float) -> np.
     # a maximum within a template width of the edge may be a column centred outside the image: it keeps its height
     pk = peak_local_max(blob, min_distance=1, exclude_border=max(1, int(np.ceil(s))))
     if not len(pk):
-        return pk
+        return np.zeros((0, 2))
     size = max(3, int(round(6 * s)) | 1)
     height = (smooth - ndimage.minimum_filter(smooth, size=size))[pk[:, 0], pk[:, 1]]
     sigma = 1.0 / np.sqrt(np.maximum(den[pk[:, 0], pk[:, 1]], 1e-30))
@@ -98,11 +99,24 @@ def _columns(mu: np.ndarray, den: np.ndarray, cool: np.ndarray, s: float) -> np.
     # an edge, with no atom anywhere near, keep the output's value (refitting them only swapped it for the counts' noise)
     anchor = height >= ANCHOR * sigma
     if not anchor.any():
-        return pk[:0]
+        return np.zeros((0, 2))
     if not anchor.all():
         near, _ = cKDTree(pk[anchor]).query(pk, distance_upper_bound=NEAR * s)
         pk = pk[np.isfinite(near)]
-    return pk
+    return _subpixel(blob, pk)
+
+
+def _subpixel(blob: np.ndarray, pk: np.ndarray) -> np.ndarray:
+    """The blobs' centres to a fraction of a pixel: the vertex of a parabola through each maximum and its neighbours,
+    along each axis (at most half a pixel from the maximum)."""
+    r, c = pk[:, 0], pk[:, 1]
+    pos = pk.astype(np.float64)
+    for axis, (lo, hi) in enumerate((((r - 1, c), (r + 1, c)), ((r, c - 1), (r, c + 1)))):
+        f0, fm, fp = blob[r, c].astype(np.float64), blob[lo].astype(np.float64), blob[hi].astype(np.float64)
+        curv = fp - 2 * f0 + fm
+        step = np.where(curv < 0, 0.5 * (fm - fp) / np.where(curv < 0, curv, -1.0), 0.0)
+        pos[:, axis] += np.clip(step, -0.5, 0.5)
+    return pos
 
 
 def _solve(pk: np.ndarray, b: np.ndarray, diag: np.ndarray, den: np.ndarray, s: float) -> np.ndarray:
@@ -162,6 +176,23 @@ def column_width(image: np.ndarray, n: int = 300) -> float | None:
     return float(np.sqrt(np.median(-1.0 / (2.0 * np.log(q)))))
 
 
+def _templates(shape: tuple[int, int], pos: np.ndarray, s: float, chunk: int = 1 << 15):
+    """Every column's template (a Gaussian of sigma ``s`` and peak 1 centred on its sub-pixel position, zero outside the
+    image) as flat pixel indices and values, ``chunk`` columns at a time: ``(slice, (indices, values))``, each of shape
+    ``(columns, P, P)``."""
+    h, w = shape
+    off = np.arange(-int(np.ceil(4 * s)), int(np.ceil(4 * s)) + 1)
+    for a in range(0, len(pos), chunk):
+        p = pos[a:a + chunk]
+        near = np.rint(p).astype(np.intp)
+        rows, cols = near[:, 0, None] + off, near[:, 1, None] + off  # (n, P)
+        g = np.exp(-((rows - p[:, 0, None]) ** 2) / (2 * s * s)), np.exp(-((cols - p[:, 1, None]) ** 2) / (2 * s * s))
+        g[0][(rows < 0) | (rows >= h)] = 0
+        g[1][(cols < 0) | (cols >= w)] = 0
+        idx = np.clip(rows, 0, h - 1)[:, :, None] * w + np.clip(cols, 0, w - 1)[:, None, :]
+        yield slice(a, a + len(p)), (idx, (g[0][:, :, None] * g[1][:, None, :]).astype(np.float32))
+
+
 def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, int, int, int]:
     from .consistency import ConsistencyError, match
 
@@ -191,13 +222,16 @@ def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, in
         return kept, 0, 0, 0
     resid = m.y - m.mu
     resid *= w
-    num = ndimage.gaussian_filter(resid, s, mode="constant") * np.float32(2 * np.pi * s * s)
-    bk, dk = num[pk[:, 0], pk[:, 1]].astype(np.float64), den[pk[:, 0], pk[:, 1]].astype(np.float64)
+    bk, dk = np.empty(len(pk)), np.empty(len(pk))
+    for part, (idx, t) in _templates(d.shape, pk, s):
+        bk[part] = (resid.ravel()[idx] * t).sum((1, 2))
+        dk[part] = (w.ravel()[idx] * t * t).sum((1, 2))
     ak = _solve(pk, bk, dk, den, s)  # each column's height change, in the data's units
     z = bk / np.sqrt(dk)  # each column's own measurement against the output, in its sigma
-    delta = np.zeros_like(m.mu)
-    delta[pk[:, 0], pk[:, 1]] = ak
-    out = d + ndimage.gaussian_filter(delta, s, mode="constant") * np.float32(2 * np.pi * s * s / m.a)
+    delta = np.zeros(d.size)
+    for part, (idx, t) in _templates(d.shape, pk, s):
+        delta += np.bincount(idx.ravel(), (t * ak[part, None, None]).ravel(), minlength=d.size)
+    out = d + (delta / m.a).astype(np.float32).reshape(d.shape)
     if holes.any():  # where the data are missing the output stays as it was (NaN where it was NaN)
         out[holes] = kept[holes]
     return out.astype(np.float32, copy=False), len(pk), int((z < -SIGNIFICANT).sum()), int((z > SIGNIFICANT).sum())
