@@ -102,7 +102,8 @@ def _as_float(name: str, a) -> tuple[np.ndarray, float, bool]:
     if arr.ndim < 2 or min(arr.shape[-2:]) < 8:
         raise ConsistencyError(f"need 2D images of at least 8 x 8 px (or stacks of them), got shape {arr.shape} for the "
                                f"{'data' if name == 'noisy' else name}")
-    sub = arr[..., :: max(1, arr.shape[-2] // 128), :: max(1, arr.shape[-1] // 128)].astype(np.float64)
+    flat = arr.reshape(-1)
+    sub = flat[spread(flat.size, 1 << 14)].astype(np.float64)
     sub = np.abs(sub[np.isfinite(sub)])
     peak = float(sub.max()) if sub.size else 0.0
     unit = 2.0 ** np.round(np.log2(peak)) if peak > 0 and np.isfinite(peak) else 1.0
@@ -114,6 +115,16 @@ def _as_float(name: str, a) -> tuple[np.ndarray, float, bool]:
         out *= np.float32(1.0 / unit)
         return out, unit, floating
     return (arr.astype(np.float64) / unit).astype(np.float32), unit, floating
+
+
+def spread(size: int, n: int) -> np.ndarray | slice:
+    """Flat indices of about ``n`` of ``size`` pixels, drawn at random over the whole image (a fixed seed: the same
+    pixels every time), or every pixel where there are fewer than ``2 n``. Not a strided grid: every k-th pixel of a
+    lattice whose period divides k sees a single place in its unit cell (a 2048² image at an 8 px period, sampled
+    every 8th pixel, is all background or all column)."""
+    if size < 2 * n:
+        return slice(None)
+    return np.sort(np.random.default_rng(0).integers(0, size, n))
 
 
 def _bin(a: np.ndarray, k: int) -> np.ndarray:
@@ -133,8 +144,8 @@ def _fit_affine(y: np.ndarray, d: np.ndarray, bound: float) -> tuple[float, floa
     Least squares over a pixel subsample (noise in the data does not bias the slope), leaving out
     pixels at or above the hot-pixel ``bound``.
     """
-    step = max(1, int(np.sqrt(y.size / 250_000)))
-    ys, ds = y[::step, ::step].ravel().astype(np.float64), d[::step, ::step].ravel().astype(np.float64)
+    at = spread(y.size, 250_000)
+    ys, ds = y.reshape(-1)[at].astype(np.float64), d.reshape(-1)[at].astype(np.float64)
     ok = ys < bound
     if ok.sum() > 0.5 * ok.size:
         ys, ds = ys[ok], ds[ok]
@@ -158,10 +169,10 @@ def _fit_affine(y: np.ndarray, d: np.ndarray, bound: float) -> tuple[float, floa
 
 def _fit_noise(y: np.ndarray, mu: np.ndarray, keep: np.ndarray | None) -> tuple[float, float]:
     """Poisson-Gaussian ``var = g * mu + c`` from binned squared residuals (subsampled, optionally masked)."""
-    step = max(1, int(np.sqrt(y.size / 400_000)))
-    ys, ms = y[::step, ::step].ravel().astype(np.float64), mu[::step, ::step].ravel().astype(np.float64)
+    at = spread(y.size, 400_000)
+    ys, ms = y.reshape(-1)[at].astype(np.float64), mu.reshape(-1)[at].astype(np.float64)
     if keep is not None:
-        k = keep[::step, ::step].ravel()
+        k = keep.reshape(-1)[at]
         if k.sum() > 0.2 * k.size:
             ys, ms = ys[k], ms[k]
     r2 = (ys - ms) ** 2
@@ -245,8 +256,9 @@ def column_scale(image: np.ndarray) -> float:
 
 def hot_bound(y: np.ndarray) -> float:
     """A level far above the bulk of the data (hot pixels, cosmic rays): the 99.9th percentile plus 3x its
-    distance from the median, on a subsample."""
-    sub = np.asarray(y)[..., :: max(1, y.shape[-2] // 256), :: max(1, y.shape[-1] // 256)]
+    distance from the median, on a subsample (:func:`spread`)."""
+    flat = np.asarray(y).reshape(-1)
+    sub = flat[spread(flat.size, 1 << 16)]
     q50, q999 = np.quantile(sub, [0.5, 0.999])
     return float(q999 + 3.0 * (q999 - q50))
 
@@ -286,10 +298,8 @@ def _check_plane(y, d, scale, threshold):
     z, skew = _z_map(y, mu, g, c, scale)
     flagged = _flag(z, skew, threshold)
     if flagged.mean() > 1e-4:  # refit the noise without what the first pass flagged (and a margin around it)
-        step = max(1, int(np.sqrt(y.size / 400_000)))
-        grown = ndimage.binary_dilation(flagged[::step, ::step], iterations=max(1, int(round(2 * scale / step))))
-        keep = cool.copy()
-        keep[::step, ::step] &= ~grown
+        grown = ndimage.maximum_filter(flagged, size=2 * max(1, int(round(2 * scale))) + 1)
+        keep = cool & ~grown
         g2, c2 = _fit_noise(y, mu, keep)
         if abs(g2 - g) > 0.02 * max(abs(g), 1e-12) or abs(c2 - c) > 0.02 * max(abs(c), 1e-12):
             g, c = g2, c2
