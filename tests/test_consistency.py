@@ -118,3 +118,17 @@ def test_samples_do_not_alias_with_a_lattice_of_the_sampling_stride():
     assert contrast_skew(im.noisy) > -INVERTED_SKEW
     assert refit_columns(im.noisy, im.clean).columns >= 0.95 * (2048 // 8) ** 2
     assert check(im.noisy, im.clean).regions <= 3
+
+
+def test_an_unvarying_lattice_whose_period_is_the_block_size_follows_its_data():
+    """The 'does the output follow the data' test correlated 8 x 8 block means: on an 8 px lattice of even thickness
+    every block holds one unit cell, the correlation was noise (-0.16), and check() and refit_columns() refused the
+    denoised image of this very frame."""
+    from napari_emdenoise import refit_columns
+    from napari_emdenoise.simulate import simulate
+
+    im = simulate(size=512, period=8, dose=5, seed=1, dents=0)
+    assert check(im.noisy, im.clean).regions <= 1
+    assert refit_columns(im.noisy, im.clean).columns >= 0.95 * (512 // 8) ** 2
+    with pytest.raises(ConsistencyError, match="does not follow the data"):
+        check(im.noisy, np.roll(im.clean, 4, axis=0))  # half a period off: not this frame's output

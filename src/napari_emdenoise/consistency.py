@@ -157,10 +157,15 @@ def _fit_affine(y: np.ndarray, d: np.ndarray, bound: float) -> tuple[float, floa
         raise ConsistencyError("the output is constant: there is nothing to compare with the data")
     a = float(dv @ (ys - ys.mean())) / var_d
     b = float(ys.mean() - a * ds.mean())
-    kc = max(1, min(8, min(y.shape) // 16))  # correlation over 8 x 8 blocks: noise averaged out even at dose 1
-    yc, dc = _bin(np.minimum(y, np.float32(bound)), kc).ravel(), _bin(d, kc).ravel()
-    corr = float(np.corrcoef(yc.astype(np.float64), dc.astype(np.float64))[0, 1]) if yc.std() > 0 and dc.std() > 0 else 0.0
-    if a <= 0 or not corr > max(0.1, 5.0 / np.sqrt(len(yc))):
+    # correlation at the column scale, both smoothed (sigma 1 px) so that shot noise averages out even at 0.3 counts/px
+    # and a lattice of 3 px still shows; on a central crop of at most 1024². Not over blocks: 8 x 8 blocks of an 8 px
+    # lattice all hold one unit cell, and the correlation of an unvarying specimen was noise.
+    (h, w), c = y.shape, 1024
+    crop = np.s_[max(0, (h - c) // 2):max(0, (h - c) // 2) + c, max(0, (w - c) // 2):max(0, (w - c) // 2) + c]
+    yc = ndimage.gaussian_filter(np.minimum(y[crop], np.float32(bound)), 1.0).ravel().astype(np.float64)
+    dc = ndimage.gaussian_filter(np.asarray(d[crop], dtype=np.float32), 1.0).ravel().astype(np.float64)
+    corr = float(np.corrcoef(yc, dc)[0, 1]) if yc.std() > 0 and dc.std() > 0 else 0.0
+    if a <= 0 or not corr > max(0.1, 5.0 / np.sqrt(len(yc) / (4 * np.pi))):
         raise ConsistencyError(
             f"the output does not follow the data (slope {a:.3g}, correlation {corr:.2f} with the data at the column scale): "
             "is it the denoised version of this very image, in the same orientation and crop?")
