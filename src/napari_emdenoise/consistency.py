@@ -160,10 +160,10 @@ def _fit_affine(y: np.ndarray, d: np.ndarray, bound: float) -> tuple[float, floa
     # correlation at the column scale, both smoothed (sigma 1 px) so that shot noise averages out even at 0.3 counts/px
     # and a lattice of 3 px still shows; on a central crop of at most 1024². Not over blocks: 8 x 8 blocks of an 8 px
     # lattice all hold one unit cell, and the correlation of an unvarying specimen was noise.
-    (h, w), c = y.shape, 1024
-    crop = np.s_[max(0, (h - c) // 2):max(0, (h - c) // 2) + c, max(0, (w - c) // 2):max(0, (w - c) // 2) + c]
-    yc = ndimage.gaussian_filter(np.minimum(y[crop], np.float32(bound)), 1.0).ravel().astype(np.float64)
-    dc = ndimage.gaussian_filter(np.asarray(d[crop], dtype=np.float32), 1.0).ravel().astype(np.float64)
+    from .tiling import central_crop
+
+    yc = ndimage.gaussian_filter(np.minimum(central_crop(y), np.float32(bound)), 1.0).ravel().astype(np.float64)
+    dc = ndimage.gaussian_filter(np.asarray(central_crop(d), dtype=np.float32), 1.0).ravel().astype(np.float64)
     corr = float(np.corrcoef(yc, dc)[0, 1]) if yc.std() > 0 and dc.std() > 0 else 0.0
     if a <= 0 or not corr > max(0.1, 5.0 / np.sqrt(len(yc) / (4 * np.pi))):
         raise ConsistencyError(
@@ -251,11 +251,10 @@ def column_scale(image: np.ndarray) -> float:
     """The atom-column scale (px) for :func:`check`: 0.15 of the lattice period, from a central 256² crop (4 periods
     of the longest one looked for; a 512² crop cost 4x the time, about a fifth of check() on a 2048² image)."""
     from .lattice import estimate_period
+    from .tiling import central_crop
 
-    h, w = image.shape[-2:]
-    crop = image.reshape(-1, h, w)[0]
-    ch, cw = min(h, 256), min(w, 256)
-    est = estimate_period(crop[(h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw], max_period=64.0)
+    first = image.reshape(-1, *image.shape[-2:])[0]
+    est = estimate_period(central_crop(first, 256), max_period=64.0)
     return max(MIN_SCALE, 0.15 * est.period) if est.found else 1.5
 
 

@@ -636,8 +636,7 @@ def contrast_skew(plane) -> float:
     counts/px), their inverted (bright-field-like) versions as strongly left-skewed. A tensor is measured on its
     device. Measured on a central crop of at most 512² at full resolution: a strided subsample of a lattice whose
     period divides the stride sees one place in the unit cell (a 2048² image at 8 px came out at -0.67)."""
-    (h, w), c = plane.shape[-2:], 512
-    sub = plane[max(0, (h - c) // 2):max(0, (h - c) // 2) + c, max(0, (w - c) // 2):max(0, (w - c) // 2) + c]
+    sub = tiling.central_crop(plane, 512)
     x = lattice._float64(sub) if isinstance(sub, torch.Tensor) else torch.from_numpy(np.asarray(sub, dtype=np.float64))
     x, _, bad = _fill_nonfinite(x)
     if bad == x.numel():

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from . import tiling
+
 MIN_PERIOD = 2.5  # px; below this columns are not resolved
 MAX_PERIOD = 128.0  # px; longer wavelengths are dents and gradients, not the lattice
 MIN_CONTRAST = 100.0  # Bragg peak power over the median power at the same frequency (noise alone: ~20)
@@ -38,14 +40,6 @@ class PeriodEstimate:
     @property
     def found(self) -> bool:
         return self.period is not None
-
-
-def _analysis_crop(image, max_side: int = 1024):
-    """A central crop no larger than max_side (of the last two axes): enough periods, bounded cost on 8k images."""
-    h, w = image.shape[-2:]
-    ch, cw = min(h, max_side), min(w, max_side)
-    r0, c0 = (h - ch) // 2, (w - cw) // 2
-    return image[..., r0 : r0 + ch, c0 : c0 + cw]
 
 
 def estimate_period(image, min_period: float = MIN_PERIOD, max_period: float = MAX_PERIOD) -> PeriodEstimate:
@@ -77,7 +71,7 @@ def estimate_periods(planes, min_period: float = MIN_PERIOD, max_period: float =
     for s in range(0, len(planes), chunk):
         part = planes[s : s + chunk]
         # crop first: a 4096^2 frame costs what 1024^2 does
-        crop = [_analysis_crop(p) for p in part]
+        crop = [tiling.central_crop(p) for p in part]
         crop = torch.stack([_float64(c.detach()) if isinstance(c, torch.Tensor)
                             else torch.from_numpy(np.asarray(c, np.float64)) for c in crop])
         out += _estimate_chunk(crop, part, float(min_period), float(max_period))

@@ -42,10 +42,7 @@ def context(overlap: int, scale: float = 1.0, net_context: int = tiling.MIN_CONT
 
 def _crop(arr, side: int):
     """The central ``side`` x ``side`` crop of the first plane (lazy)."""
-    h, w = arr.shape[-2:]
-    sh, sw = min(h, side), min(w, side)
-    r0, c0 = (h - sh) // 2, (w - sw) // 2
-    return arr[(0,) * (arr.ndim - 2) + (slice(r0, r0 + sh), slice(c0, c0 + sw))]
+    return tiling.central_crop(arr[(0,) * (arr.ndim - 2)], side)
 
 
 def _sample(arr, side: int) -> np.ndarray:

@@ -145,3 +145,13 @@ def calibration_tiles(tiles: list[Tile], budget_px: int) -> list[Tile]:
         return tiles
     idx = np.unique(np.floor((np.arange(k) + 0.5) * len(tiles) / k).astype(int))  # centred, evenly spread
     return [tiles[i] for i in idx]
+
+
+def central_crop(image, max_side: int = 1024):
+    """A central crop no larger than max_side (of the last two axes; a numpy array or a torch tensor): enough lattice
+    periods for an estimate or a statistic, at a bounded cost on 8k images, and no aliasing with the lattice as a
+    strided subsample has."""
+    h, w = image.shape[-2:]
+    ch, cw = min(h, max_side), min(w, max_side)
+    r0, c0 = (h - ch) // 2, (w - cw) // 2
+    return image[..., r0 : r0 + ch, c0 : c0 + cw]

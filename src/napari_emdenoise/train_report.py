@@ -72,9 +72,9 @@ def _fmt(key: str, v) -> str:
 
 
 def _crop(frame: np.ndarray) -> np.ndarray:
-    h, w = frame.shape[-2:]
-    ch, cw = min(h, FRAME_SIDE), min(w, FRAME_SIDE)
-    return np.asarray(frame)[(h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw]
+    from .tiling import central_crop
+
+    return np.asarray(central_crop(frame, FRAME_SIDE))
 
 
 def iter_report(model, noisy_frames, run_dir=None, device: str = "auto") -> Job[TrainingReport]:
