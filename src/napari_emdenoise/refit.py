@@ -124,8 +124,9 @@ def _solve(pk: np.ndarray, b: np.ndarray, diag: np.ndarray, den: np.ndarray, s: 
 
     For templates ``t_i``, ``t_j`` (Gaussians of sigma ``s``, centres ``d`` apart) the product is
     ``exp(-d^2 / 4s^2)`` times a Gaussian of sigma ``s / sqrt(2)`` at their midpoint, so the normal
-    matrix's entries are ``den`` (the weight summed under ``t^2``) at the midpoints; ``b`` and ``diag`` are the
-    right-hand side and the diagonal (``num`` and ``den`` at the columns).
+    matrix's off-diagonal entries are ``den`` (the weight summed under ``t^2``) at the midpoints; ``b``
+    and ``diag`` are the right-hand side and the diagonal, each column's own template summed exactly
+    (:func:`_templates`).
     """
     from scipy.sparse import coo_matrix, diags
     from scipy.sparse.linalg import cg
