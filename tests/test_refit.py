@@ -35,7 +35,7 @@ def test_filled_light_sites_come_back_empty_and_occupied_ones_stay(scene):
     assert after["vacancy_fill_heavy"] == 0
     # the filled sites are the ones it reports: the output drew them brighter than the data show
     assert r.lowered >= 0.5 * (scene.labels == VACANCY_LIGHT).sum()
-    assert r.columns >= 0.8 * np.isin(scene.labels, [LIGHT, VACANCY_LIGHT]).sum()
+    assert r.columns + r.faint >= 0.8 * np.isin(scene.labels, [LIGHT, VACANCY_LIGHT]).sum()
 
 
 def test_a_faithful_output_is_left_within_its_noise(scene):
@@ -122,9 +122,24 @@ def test_ripples_in_vacuum_far_from_any_atom_keep_the_output():
     s = make_scene(kind="amorphous", size=256, period=12, dose=4, seed=4323)
     out = denoise(s.noisy)
     r = refit_columns(s.noisy, out)
-    assert r.columns > 500  # the amorphous film's atoms are refit
+    assert r.columns + r.faint > 500  # the amorphous film's atoms are refit
     deep = ndimage.binary_erosion(s.region == VACUUM, iterations=int(np.ceil(12 * r.width)))
     assert deep.sum() > 5000
     span = float(out.max() - out.min())
     assert np.abs(r.image - out)[deep].max() < 1e-4 * span
     assert fidelity.measure(s, r.image)["vacuum_psnr"] >= fidelity.measure(s, out)["vacuum_psnr"] - 0.3
+
+
+def test_the_columns_it_reports_are_the_lattice_s_and_the_hollows_are_no_columns():
+    """The bundled model draws a faint bump in the hollow between four columns, which is a blob of the output: on a plain
+    square lattice the refit fitted 8425 blobs for 4096 columns and reported them all as columns. The hollows go back
+    to the data (about zero) and are counted apart, as fainter blobs."""
+    from napari_emdenoise import denoise
+    from napari_emdenoise.simulate import simulate
+
+    im = simulate(size=512, period=8, dose=8, seed=3, dents=0)
+    r = refit_columns(im.noisy, denoise(im.noisy))
+    assert abs(r.columns - len(im.positions)) <= 0.03 * len(im.positions)
+    assert r.faint >= 0.5 * len(im.positions)
+    assert f"{r.columns} column heights refit to the data (and {r.faint} fainter blobs)" in r.text()
+    assert r.summary()["faint"] == r.faint

@@ -47,6 +47,7 @@ ANCHOR = 3.0  # column-measurement sigma: a column the data show on its own, whi
 NEAR = 6.0  # template widths: a blob farther than this from every anchor column is no column (vacuum, beyond an edge)
 REACH = 5.0  # template widths within which two columns' templates overlap enough to be fitted together
 VAR_FLOOR = 0.2  # of the median variance
+SHOWN = 3.0  # column-measurement sigma: a refit blob whose height in the data stands this high is counted as a column
 SIGNIFICANT = 3.0  # a column moved by more than this many sigma of its measurement is counted as a disagreement
 
 
@@ -55,18 +56,19 @@ class Refit:
     """The result of :func:`refit_columns` (for a stack, summed over its planes)."""
 
     image: np.ndarray  # float32, the denoised image with every column's height from the data
-    columns: int  # columns refit
+    columns: int  # blobs refit whose height in the data stands SHOWN sigma above their surroundings: the columns
+    faint: int  # blobs refit that the data do not show as a column: empty sites, faint columns, bumps between columns
     lowered: int  # columns the output drew brighter than the data show, by more than SIGNIFICANT sigma
     raised: int  # columns the output drew darker than the data show, by more than SIGNIFICANT sigma
     width: float  # px, the template's sigma
 
     def text(self) -> str:
-        return (f"{self.columns} column heights refit to the data; the output had {self.lowered} brighter and "
-                f"{self.raised} darker than the counts show (beyond {SIGNIFICANT:g} sigma)")
+        return (f"{self.columns} column heights refit to the data (and {self.faint} fainter blobs); the output had "
+                f"{self.lowered} brighter and {self.raised} darker than the counts show (beyond {SIGNIFICANT:g} sigma)")
 
     def summary(self) -> dict:
-        return {"columns": self.columns, "lowered": self.lowered, "raised": self.raised, "width_px": round(self.width, 3),
-                "significance_sigma": SIGNIFICANT}
+        return {"columns": self.columns, "faint": self.faint, "lowered": self.lowered, "raised": self.raised,
+                "width_px": round(self.width, 3), "significance_sigma": SIGNIFICANT}
 
 
 def _columns(mu: np.ndarray, den: np.ndarray, cool: np.ndarray, s: float) -> np.ndarray:
@@ -194,7 +196,7 @@ def _templates(shape: tuple[int, int], pos: np.ndarray, s: float, chunk: int = 1
         yield slice(a, a + len(p)), (idx, (g[0][:, :, None] * g[1][:, None, :]).astype(np.float32))
 
 
-def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, int, int, int]:
+def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, int, int, int, int]:
     from .consistency import ConsistencyError, match
 
     y_holes, d_holes = ~np.isfinite(y), ~np.isfinite(d)
@@ -204,7 +206,7 @@ def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, in
                                "missing pixels missing)")
     holes = y_holes | d_holes
     if holes.all() or np.ptp(y[~holes]) == 0:  # a blank or constant plane (denoise() gives it back as it is)
-        return d, 0, 0, 0
+        return d, 0, 0, 0, 0
     kept = d
     if holes.any():
         fill = np.float32(np.median(d[~holes]))
@@ -220,7 +222,7 @@ def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, in
     den = ndimage.gaussian_filter(w, s / np.sqrt(2.0), mode="constant") * np.float32(np.pi * s * s)
     pk = _columns(m.mu, den, m.cool, s)
     if not len(pk):
-        return kept, 0, 0, 0
+        return kept, 0, 0, 0, 0
     resid = m.y - m.mu
     resid *= w
     bk, dk = np.empty(len(pk)), np.empty(len(pk))
@@ -232,10 +234,26 @@ def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, in
     delta = np.zeros(d.size)
     for part, (idx, t) in _templates(d.shape, pk, s):
         delta += np.bincount(idx.ravel(), (t * ak[part, None, None]).ravel(), minlength=d.size)
-    out = d + (delta / m.a).astype(np.float32).reshape(d.shape)
+    delta = delta.astype(np.float32).reshape(d.shape)
+    shown = int((_amplitudes(m.mu + delta, pk, s) * np.sqrt(dk) >= SHOWN).sum())
+    out = d + delta / np.float32(m.a)
     if holes.any():  # where the data are missing the output stays as it was (NaN where it was NaN)
         out[holes] = kept[holes]
-    return out.astype(np.float32, copy=False), len(pk), int((z < -SIGNIFICANT).sum()), int((z > SIGNIFICANT).sum())
+    return (out.astype(np.float32, copy=False), shown, len(pk) - shown, int((z < -SIGNIFICANT).sum()),
+            int((z > SIGNIFICANT).sum()))
+
+
+def _amplitudes(image: np.ndarray, pos: np.ndarray, s: float) -> np.ndarray:
+    """Each blob's peak over its surroundings in ``image``: its Laplacian of Gaussian (the scale that finds the columns)
+    over that of a template of peak 1. A constant or sloping background reads zero, and a neighbour's shoulder reads
+    less than zero, so an empty site beside a bright column reads as empty."""
+    t = max(0.5, DETECT * s)
+    r = int(np.ceil(4 * s + 4 * t))
+    unit = np.zeros((2 * r + 1, 2 * r + 1))
+    unit[r, r] = 1.0
+    unit = -ndimage.gaussian_laplace(ndimage.gaussian_filter(unit, s, truncate=8.0) * (2 * np.pi * s * s), t)[r, r]
+    blob = ndimage.gaussian_laplace(image, t)
+    return -ndimage.map_coordinates(blob, pos.T, order=1) / unit
 
 
 def refit_columns(noisy, denoised, *, width: float | None = None, invert: bool = False) -> Refit:
@@ -271,15 +289,15 @@ def refit_columns(noisy, denoised, *, width: float | None = None, invert: bool =
         raise ConsistencyError(f"width must be a number of px from {MIN_WIDTH} to an eighth of the image side "
                                f"({min(y.shape[-2:]) / 8:g}), got {width}; leave it out to measure it on the output")
     out = np.empty(planes_y.shape, np.float32)
-    columns = lowered = raised = 0
+    columns = faint = lowered = raised = 0
     for i, (py, pd) in enumerate(zip(planes_y, planes_d)):
         try:
-            out[i], n, lo, hi = _refit_plane(py, pd, width)
+            out[i], n, f, lo, hi = _refit_plane(py, pd, width)
         except ConsistencyError as exc:
             if len(planes_y) == 1:
                 raise
             raise ConsistencyError(f"plane {i}: {exc}") from None
-        columns, lowered, raised = columns + n, lowered + lo, raised + hi
+        columns, faint, lowered, raised = columns + n, faint + f, lowered + lo, raised + hi
     if unit != 1.0 or invert:
         out *= np.float32(-unit if invert else unit)
-    return Refit(out.reshape(y.shape), columns, lowered, raised, width)
+    return Refit(out.reshape(y.shape), columns, faint, lowered, raised, width)
