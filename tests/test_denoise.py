@@ -506,3 +506,19 @@ def test_a_read_only_input_is_denoised_without_torch_s_warning():
         warnings.simplefilter("ignore", DenoiseWarning)
         out = denoise(a)
     assert out.shape == a.shape and not a.flags.writeable
+
+
+def test_a_stack_s_planes_through_the_staged_copy_back_land_in_their_places(monkeypatch):
+    """On CUDA a stack's results go out through two pinned buffers and land two planes late (devices.Downloader); the
+    same bookkeeping, forced here on the CPU, must put every plane in its place, the last two included."""
+    import napari_emdenoise.inference as inference
+    from napari_emdenoise.devices import Downloader
+
+    stack = np.stack([simulate(size=(48, 64), period=p, dose=5, seed=p).noisy for p in (8, 9, 10, 11, 12)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DenoiseWarning)
+        direct = denoise(stack, None)
+        monkeypatch.setattr(inference, "Downloader", lambda out, dev: Downloader(out, dev, staged=True))
+        staged = denoise(stack, None)
+    assert np.array_equal(direct, staged)
+    assert len({float(p.mean()) for p in staged}) == 5  # five different planes, none written twice

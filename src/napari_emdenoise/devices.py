@@ -140,3 +140,54 @@ class Uploader:
         self.slots[self.turn] = (buf, done)
         self.turn ^= 1
         return t.float()
+
+
+class Downloader:
+    """Result planes from a device into the host array ``out`` (planes along its first axis), one call per plane.
+
+    On the CPU, and for a single image, the plane is copied in at once. On CUDA a stack's planes go out through two
+    pinned buffers: the transfer of plane k is queued behind its work and lands in ``out`` only when its buffer is
+    needed again (two planes later) or at :meth:`finish`, so the device goes on with plane k + 1 while it travels,
+    where a copy into pageable memory would hold the host until the device had finished. ``staged=True`` takes the
+    buffered path on any device (plain buffers where nothing is pinned): the bookkeeping tested without a GPU.
+    """
+
+    def __init__(self, out: np.ndarray, device: torch.device, staged: bool | None = None):
+        self.out = out
+        cuda = device.type == "cuda"
+        self.staged = (cuda and len(out) > 1) if staged is None else staged
+        self.pin = cuda
+        self.slots: list[tuple[int, torch.Tensor, torch.cuda.Event | None] | None] = [None, None]
+        self.turn = 0
+
+    def __call__(self, k: int, plane: torch.Tensor) -> None:
+        if not self.staged:
+            torch.from_numpy(self.out[k]).copy_(plane)
+            return
+        slot = self.slots[self.turn]
+        if slot is not None:
+            self._land(slot)
+        if slot is not None and tuple(slot[1].shape) == tuple(plane.shape):
+            buf = slot[1]
+        else:
+            buf = torch.empty(tuple(plane.shape), dtype=torch.float32, pin_memory=self.pin)
+        buf.copy_(plane, non_blocking=self.pin)
+        done = None
+        if self.pin:
+            done = torch.cuda.Event()
+            done.record()
+        self.slots[self.turn] = (k, buf, done)
+        self.turn ^= 1
+
+    def _land(self, slot) -> None:
+        k, buf, done = slot
+        if done is not None:
+            done.synchronize()  # the transfer into this buffer has finished
+        self.out[k][...] = buf.numpy()
+
+    def finish(self) -> None:
+        """Land the planes still on their way (the older first)."""
+        for i in (self.turn, self.turn ^ 1):
+            if self.slots[i] is not None:
+                self._land(self.slots[i])
+                self.slots[i] = None

@@ -22,7 +22,7 @@ from torch import nn
 from . import nets, tiling
 from .jobs import Event, Stopped, drive
 from .checkpoints import ModelInfo, load_generator, model_info
-from .devices import Uploader, available_devices, available_memory, devices, pick_device  # noqa: F401 - the public names live here too
+from .devices import Downloader, Uploader, available_devices, available_memory, devices, pick_device  # noqa: F401 - the public names live here too
 from . import lattice
 from .lattice import PeriodEstimate, estimate_period, resample
 
@@ -702,7 +702,7 @@ def iter_denoise(
     planes = arr.reshape(-1, *arr.shape[-2:])
     n = len(planes)
     out = np.empty(planes.shape, dtype=np.float32)
-    upload = Uploader(dev, n)
+    upload, download = Uploader(dev, n), Downloader(out, dev)
     # on the device from the upload on; a stack's planes stay there from planning to the pass where they fit
     keep = n == 1 or n * planes[0].size * 5 <= KEEP_SHARE * _free_memory(dev)  # float32 and a mask byte per pixel
 
@@ -789,8 +789,9 @@ def iter_denoise(
             y = -y
         if p.finite is not None:
             y = torch.where(p.finite, y, torch.full((), torch.nan, device=y.device))
-        torch.from_numpy(out[k]).copy_(y)  # the one copy back, into the result
+        download(k, y)  # the one copy back, into the result (on a GPU, while the next plane runs)
         del y, p
+    download.finish()
     return out.reshape(arr.shape)
 
 
