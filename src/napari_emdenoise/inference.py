@@ -727,6 +727,9 @@ def iter_denoise(
         ests = iter(lattice.estimate_periods(found) if estimate and found else [])
         plans += [plan_for(next(ests) if estimate and p.constant is None else period, info, rescale and p.constant is None)
                   for p in part]
+        if keep:  # the intensity mapping taken here, where waiting for it holds no pass up: the passes run back to back
+            for p in part:
+                p.range = _intensity_range(p.data, info) if p.constant is None else None
         prepared += part if keep else [None] * len(part)
     if len(blank) == n:
         raise ValueError("the image has no finite pixels (all NaN or Inf)")
@@ -768,7 +771,7 @@ def iter_denoise(
             done += len(tile_plans[k])
             yield Progress(done, total)
         else:
-            lo, hi = _intensity_range(p.data, info)
+            lo, hi = p.range or _intensity_range(p.data, info)
             x = normalize_with(p.data, lo, hi, info.clip)
             p.data = None
             if plans[k].scale != 1.0:  # cubic spline: scipy on the CPU, torch on a GPU
@@ -803,6 +806,7 @@ class _Prepared:
     finite: torch.Tensor | None  # where the plane is finite, only when some pixels are not
     bad: int  # non-finite pixels
     constant: float | None  # the value of a plane that holds one value only (NaN: no finite pixel at all)
+    range: tuple[float, float] | None = None  # the intensity mapping's [lo, hi] (:func:`_intensity_range`)
 
 
 def _prepare(t: torch.Tensor, invert: bool, floating: bool) -> _Prepared:
