@@ -240,3 +240,23 @@ def test_compile_the_network_is_passed_to_the_run_for_a_whole_stack(widget, qtbo
     _denoise(qtbot, viewer, w, "series denoised")
     assert len(compiled) == 1 and viewer.layers["series denoised"].metadata["settings"]["compile"] is True
     assert viewer.layers["series denoised"].data.shape == (2, 96, 96)
+
+
+def test_the_core_s_warnings_reach_the_user_once_each(widget, qtbot, monkeypatch):
+    """napari's worker never relayed warnings (its notifying mixin is not initialised), so an inverted-contrast image or
+    NaN pixels were denoised without a word in the window."""
+    import napari_emdenoise._widgets.base as base
+
+    shown = []
+    monkeypatch.setattr(base, "show_warning", shown.append)
+    viewer, w = widget
+    sim = simulate(size=(128, 128), period=12, dose=6, seed=2)
+    bf = (sim.noisy.max() - sim.noisy).astype(np.float32)  # bright-field contrast: dark columns
+    bf[10:14, 20:30] = np.nan
+    viewer.add_image(bf, name="bf")
+    w._image.value = viewer.layers["bf"]
+    w._period.value = 12.0
+    _denoise(qtbot, viewer, w, "bf denoised")
+    assert any("inverted contrast" in m and "invert" in m for m in shown), shown
+    assert any("40 NaN/Inf pixel(s)" in m for m in shown), shown
+    assert len(shown) == len(set(shown)) and all(m.startswith("Denoising: ") for m in shown)

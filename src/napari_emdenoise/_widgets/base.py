@@ -6,7 +6,8 @@ in a thread. A flow widget adds its own controls, calls :meth:`JobWidget.launch`
 job, and says what to do with the events (:meth:`on_event`) and the result
 (:meth:`on_result`). Cancel quits the worker; :class:`ClosingWorker` then closes the job in
 its own thread, so the job's cleanup (a training checkpoint, a partial target set's manifest)
-runs at once. An error ends in one toast that names the flow.
+runs at once. An error ends in one toast that names the flow; each warning the core job gives (a
+NaN count, an inverted-contrast image, a rescale) becomes one warning notification, once per run.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import napari
 from magicgui.widgets import Label, ProgressBar, PushButton
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..jobs import Event
 from ._common import Dock
@@ -40,6 +41,7 @@ class JobWidget(Dock):
         self._worker: ClosingWorker | None = None
         self._dock_bar: progress | None = None
         self._returned, self._final_status = False, None
+        self._warnings_shown: set[str] = set()
         self._run = PushButton(text=run_text, tooltip=run_tip or run_text)
         self._cancel = PushButton(text=cancel_text, enabled=False, tooltip=cancel_tip)
         self._progress = ProgressBar(value=0, min=0, max=1, label="progress", visible=False,
@@ -69,11 +71,15 @@ class JobWidget(Dock):
         """Run the core job ``job(*args, **kwargs)`` (a generator of Events) in a worker thread."""
         worker = ClosingWorker(job, *args, **kwargs)
         self._returned, self._final_status = False, None
+        self._warnings_shown = set()
         if self._dock_bar is None:  # one activity-dock bar per job, made here: making it runs Qt events, so inside
             self._dock_bar = progress(total=self.STEPS, desc=self.what)  # _event a fast job's next event made another
         worker.yielded.connect(self._event)
         worker.returned.connect(self._result)
         worker.errored.connect(lambda exc: self.on_error(exc))
+        # napari's worker would relay these itself, but its notifying mixin is never initialised (its __init__ is not
+        # reached through QRunnable's), so the core's warnings went nowhere
+        worker.warned.connect(self._warned)
         worker.aborted.connect(lambda: show_info(f"{self.what} cancelled; {self.cancelled}"))
         worker.finished.connect(self._finished)
         self._worker = worker
@@ -103,6 +109,13 @@ class JobWidget(Dock):
         self._returned = True  # an event delivered after the result must not overwrite what the result shows
         self.on_result(result)
         self._final_status = self._status.value
+
+    def _warned(self, args: tuple) -> None:
+        """One warning notification per distinct warning of the core job (``args``: what ``showwarning`` gets)."""
+        text = str(args[0]) if args else ""
+        if text and text not in self._warnings_shown:
+            self._warnings_shown.add(text)
+            show_warning(f"{self.what}: {text}")
 
     def _event(self, event: Event) -> None:
         if self._returned:
