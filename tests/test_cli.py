@@ -591,3 +591,27 @@ def test_denoise_refits_column_heights_unless_told_not_to(tmp_path, trained_mode
     assert main(["denoise", str(tmp_path / "x.tif"), "-o", str(tmp_path / "off"), *model, "--no-refit"]) == 0
     assert "column heights" not in capsys.readouterr().out
     np.testing.assert_allclose(read_tiff(tmp_path / "off" / "x_denoised.tif").data, net, atol=1e-3 * float(np.ptp(net)))
+
+
+def test_a_model_whose_output_does_not_follow_the_image_is_called_out(tmp_path, capsys):
+    """The bundled weights as a bare .pth (what a training run writes as latest_net_G_A.pth, here away from its run) read
+    as a reference tanh generator: the output has nothing to do with the image. The note blamed the user for a mixed-up
+    pair the tool had made itself."""
+    import torch
+    from safetensors.torch import load_file
+
+    from napari_emdenoise.inference import DEFAULT_MODEL
+
+    torch.save({k: v.float() for k, v in load_file(str(DEFAULT_MODEL)).items()}, tmp_path / "bare.pth")
+    write_tiff(tmp_path / "x.tif", simulate(size=128, period=10, dose=6, seed=3).noisy)
+    rc = main(["denoise", str(tmp_path / "x.tif"), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "bare.pth")])
+    out = capsys.readouterr()
+    assert rc == 0 and (tmp_path / "out" / "x_denoised.tif").is_file()
+    assert "the model's output does not follow this image" in out.out + out.err
+    assert "Do not use this result" in out.out + out.err
+    assert "is it the denoised version of this very image" not in out.out + out.err
+    tiny = tmp_path / "tiny.tif"
+    write_tiff(tiny, simulate(size=16, period=4, dose=6, seed=3).noisy)
+    main(["denoise", str(tiny), "-o", str(tmp_path / "out2")])
+    out = capsys.readouterr()
+    assert "too small to compare with its data (16 x 16 px; at least 24 x 24 px)" in out.out + out.err

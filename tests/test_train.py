@@ -256,6 +256,19 @@ def test_fine_tuning_starts_from_the_bundled_model_with_the_consistency_term(tmp
         assert torch.allclose(a.float(), b.float(), atol=1e-3), k  # lr 1e-12: still the bundled weights (fp16 file)
     with open(tmp_path / "run" / "loss_log.csv") as fh:
         assert "consistency" in fh.readline()
+    # the run's reference-named file is read with the run's architecture (residual, linear output, clip 8): its keys
+    # alone read as the reference tanh generator, whose output on these weights has nothing to do with the image
+    pth = load_generator(tmp_path / "run" / "latest_net_G_A.pth")
+    assert pth.info.config == tuned.info.config and pth.info.clip == tuned.info.clip == 8.0
+    assert "architecture and intensity mapping from its denoiser.safetensors" in pth.info.description
+    from napari_emdenoise import denoise
+
+    np.testing.assert_allclose(denoise(noisy[0], pth), denoise(noisy[0], tuned), atol=1e-5 * float(np.ptp(noisy[0])))
+    import shutil
+
+    (tmp_path / "alone").mkdir()
+    shutil.copy(tmp_path / "run" / "latest_net_G_A.pth", tmp_path / "alone")  # away from its run: the keys decide
+    assert not load_generator(tmp_path / "alone" / "latest_net_G_A.pth").info.config.residual
     with pytest.raises(TrainingError, match="keeps its architecture"):
         run(train(noisy, clean, tmp_path / "other", TrainConfig(mode="paired", init="bundled", **TINY)))
 

@@ -102,7 +102,7 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
     """Denoise one input file into ``out_dir`` and return what happened; never raises for a bad file (the error is in
     the result). ``model``: a module, a checkpoint path or None (the bundled model; paths load once per process).
     ``progress(event)`` receives the in-memory path's :class:`~.inference.Progress` events."""
-    from .consistency import ConsistencyError, check
+    from .consistency import ConsistencyError, check, in_denoising
     from .inference import DenoiseWarning, iter_denoise
     from .io import ImageFileError, read_image, read_lazy, write_tiff, write_zarr
     from .jobs import drive
@@ -158,7 +158,7 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
                         result = refit.image
                     except ConsistencyError as exc:  # the network's output is written as it is, and the user told
                         res.notes.append(f"{path.name}: note: column heights not refit (the network's output is written "
-                                         f"as it is): {exc}")
+                                         f"as it is): {in_denoising(exc)}")
                 cons, cons_error = None, None
                 if opts.check:
                     try:
@@ -173,7 +173,7 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
                     res.lines.append(f"{path.name}: {refit.text()}")
                 res.outputs.append(str(targets[0]))
                 if cons_error is not None:
-                    raise ConsistencyError(f"consistency check could not run: {cons_error}")
+                    raise ConsistencyError(f"consistency check could not run: {in_denoising(cons_error)}")
                 if cons is not None:
                     write_tiff(targets[1], cons.z, pixel_size=img.pixel_size, overwrite=opts.overwrite, axes=img.axes,
                                description={"source": str(path), "denoised": str(targets[0]), "consistency": cons.summary()})

@@ -20,7 +20,7 @@ import os
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -249,8 +249,18 @@ def load_checkpoint(path: str | os.PathLike, config: GeneratorConfig | None = No
         description = f"generator from {path.name}"
     if meta.get("format") != FORMAT:  # a plain state dict: clean it, infer the architecture
         sd = _drop_instance_norm_stats(_strip_prefixes(sd))
+        if config is None:
+            run = _run_generator(sd, path)
+            if run is not None:
+                return run
         cfg = config or infer_config(sd, str(path))
         return _build_and_load(sd, cfg, path.name), ModelInfo(config=cfg, source=str(path), description=description)
+    info = _info_from_metadata(meta, path, config)
+    return _build_and_load(sd, info.config, path.name), info
+
+
+def _info_from_metadata(meta: dict[str, str], path: Path, config: GeneratorConfig | None = None) -> ModelInfo:
+    """The :class:`ModelInfo` a .safetensors model of ours carries in its header."""
     try:
         cfg = GeneratorConfig(**json.loads(meta["config"]))
         norm = json.loads(meta.get("normalization", "{}"))
@@ -265,7 +275,34 @@ def load_checkpoint(path: str | os.PathLike, config: GeneratorConfig | None = No
     if not 0 <= info.norm_low < info.norm_high <= 100:
         raise CheckpointError(f"'{path.name}': its metadata is damaged (normalisation percentiles {info.norm_low:g} and "
                               f"{info.norm_high:g}; they must satisfy 0 <= low < high <= 100); re-export the model.")
-    return _build_and_load(sd, info.config, path.name), info
+    return info
+
+
+RUN_MODEL = "denoiser.safetensors"  # a training run folder's model, whose header describes the run's generators
+
+
+def _run_generator(sd: dict[str, torch.Tensor], path: Path) -> tuple[nn.Module, ModelInfo] | None:
+    """A plain state dict that a training run of this plugin wrote (``latest_net_G_A.pth`` beside the run's
+    ``denoiser.safetensors``): its architecture and intensity mapping come from that model's header, as the keys
+    cannot tell a residual generator with a linear output from the reference one with tanh. None where the folder
+    holds no such model or the weights do not fit it (a reference file copied there)."""
+    from safetensors import SafetensorError, safe_open
+
+    sibling = path.parent / RUN_MODEL
+    if path.name == RUN_MODEL or not sibling.is_file():
+        return None
+    try:
+        with safe_open(str(sibling), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            return None
+        info = _info_from_metadata(meta, sibling)
+        net = _build_and_load(sd, info.config, path.name)
+    except (SafetensorError, OSError, ValueError, RuntimeError, CheckpointError):
+        return None
+    run = f"the training run in '{path.parent.name}'"
+    return net, replace(info, source=str(path), format="reference",
+                        description=f"{path.name} of {run} (architecture and intensity mapping from its {RUN_MODEL})")
 
 
 class Denoiser(nn.Module):

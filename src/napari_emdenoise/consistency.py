@@ -47,6 +47,26 @@ class ConsistencyError(ValueError):
     """The pair cannot be checked (shapes, NaNs, an output unrelated to the data)."""
 
 
+class UnfollowedOutput(ConsistencyError):
+    """The output does not follow the data: a pair mixed up by hand, or, where the tool made the pair itself, a model
+    whose output has nothing to do with the image (:func:`in_denoising` says so)."""
+
+    def __init__(self, detail: str):
+        self.detail = detail
+        super().__init__(f"the output does not follow the data ({detail}): is it the denoised version of this very "
+                         "image, in the same orientation and crop?")
+
+
+def in_denoising(exc: ConsistencyError) -> str:
+    """What a check or refit that could not run means where the tool denoised the image itself (the CLI's and the
+    widget's own pairs): an unfollowed output is then the model's fault, not a mixed-up pair."""
+    if isinstance(exc, UnfollowedOutput):
+        return (f"the model's output does not follow this image ({exc.detail}): the model does not suit these data, "
+                "or its file is not the model it seems (a plain .pth away from the training run's denoiser.safetensors "
+                "is read as a reference CycleGAN generator). Do not use this result")
+    return str(exc)
+
+
 @dataclass
 class Consistency:
     """The result of :func:`check` for one image (or a stack, summed over its planes)."""
@@ -165,10 +185,12 @@ def _fit_affine(y: np.ndarray, d: np.ndarray, bound: float) -> tuple[float, floa
     yc = ndimage.gaussian_filter(np.minimum(central_crop(y), np.float32(bound)), 1.0).ravel().astype(np.float64)
     dc = ndimage.gaussian_filter(np.asarray(central_crop(d), dtype=np.float32), 1.0).ravel().astype(np.float64)
     corr = float(np.corrcoef(yc, dc)[0, 1]) if yc.std() > 0 and dc.std() > 0 else 0.0
-    if a <= 0 or not corr > max(0.1, 5.0 / np.sqrt(len(yc) / (4 * np.pi))):
-        raise ConsistencyError(
-            f"the output does not follow the data (slope {a:.3g}, correlation {corr:.2f} with the data at the column scale): "
-            "is it the denoised version of this very image, in the same orientation and crop?")
+    need = max(0.1, 5.0 / np.sqrt(len(yc) / (4 * np.pi)))  # 5 sigma of the correlation of independent 1 px blobs
+    if need > 0.8:  # under about 22 x 22 px even a perfect output could hardly show that it follows the data
+        raise ConsistencyError(f"the image is too small to compare with its data ({y.shape[0]} x {y.shape[1]} px; at "
+                               "least 24 x 24 px)")
+    if a <= 0 or not corr > need:
+        raise UnfollowedOutput(f"slope {a:.3g}, correlation {corr:.2f} with the data at the column scale")
     return a, b
 
 

@@ -21,7 +21,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QApplication
 
 from ..checkpoints import CheckpointError, model_info
-from ..consistency import Consistency, ConsistencyError, check
+from ..consistency import Consistency, ConsistencyError, UnfollowedOutput, check, in_denoising
 from ..refit import Refit, refit_columns
 from ..inference import DEFAULT_MODEL, available_devices, iter_denoise, resolve_model
 from ..lattice import estimate_period
@@ -327,7 +327,7 @@ class DenoiseWidget(JobWidget):
             self._memory_result(*out)
 
     def _lazy_result(self, lazy, shown: np.ndarray) -> None:
-        meta, index = self._pending[1], self._pending[2]
+        meta = self._pending[1]
         finite = shown[np.isfinite(shown)]
         limits = tuple(float(v) for v in np.percentile(finite, [0.5, 99.5])) if finite.size else (0.0, 1.0)
         if not limits[1] > limits[0]:
@@ -349,10 +349,12 @@ class DenoiseWidget(JobWidget):
         if fit is not None:
             meta = {**meta, "metadata": {**meta["metadata"], "refit": fit.summary() if isinstance(fit, Refit) else str(fit)}}
         refit_text = ("" if fit is None else f"; {fit.text()}" if isinstance(fit, Refit)
-                      else f"; column heights not refit (the network's output as it is): {fit}")
+                      else f"; column heights not refit (the network's output as it is): {in_denoising(fit)}")
         if isinstance(cons, ConsistencyError):
             self._viewer.add_image(result, **meta)
-            self._status.value = f"the check could not run: {cons}{refit_text}"
+            self._status.value = f"the check could not run: {in_denoising(cons)}{refit_text}"
+            if isinstance(cons, UnfollowedOutput):
+                show_error(f"{self.what}: {in_denoising(cons)}.")
             return
         summary = cons.summary()
         self._viewer.add_image(result, **{**meta, "metadata": {**meta["metadata"], "consistency": summary}})
