@@ -276,8 +276,10 @@ def refit_columns(noisy, denoised, *, width: float | None = None, invert: bool =
     if invert:
         y, d = -y, -d
     planes_y, planes_d = y.reshape(-1, *y.shape[-2:]), d.reshape(-1, *d.shape[-2:])
-    if width is None:
-        first = next((p for p in planes_d if np.isfinite(p).all()), None)
+    if width is None:  # on the first plane with numbers, its missing pixels filled (one dead pixel left no plane)
+        first = next((p for p in planes_d if np.isfinite(p).any()), None)
+        if first is not None and not np.isfinite(first).all():
+            first = np.where(np.isfinite(first), first, np.float32(np.median(first[np.isfinite(first)])))
         width = column_width(first) if first is not None else None
         # columns narrower than MIN_WIDTH (periods under about 5 px) get the narrowest template, not an error
         width = MIN_WIDTH if width is None else max(width, MIN_WIDTH)
