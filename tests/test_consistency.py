@@ -132,3 +132,17 @@ def test_an_unvarying_lattice_whose_period_is_the_block_size_follows_its_data():
     assert refit_columns(im.noisy, im.clean).columns >= 0.95 * (512 // 8) ** 2
     with pytest.raises(ConsistencyError, match="does not follow the data"):
         check(im.noisy, np.roll(im.clean, 4, axis=0))  # half a period off: not this frame's output
+
+
+def test_a_stack_with_a_plane_without_numbers_is_checked_plane_by_plane():
+    """denoise() gives a plane without a finite pixel back as NaN; the check refused the whole stack for it ("plane 1:
+    the data are constant"), where the other planes can be checked."""
+    from napari_emdenoise.simulate import simulate
+
+    im = simulate(size=128, period=10, dose=5, seed=1)
+    stack = np.stack([np.full_like(im.noisy, np.nan), im.noisy, im.noisy[::-1].copy()])
+    out = np.stack([np.full_like(im.clean, np.nan), im.clean, im.clean[::-1].copy()])
+    c = check(stack, out)
+    assert np.isnan(c.z[0]).all() and not c.flagged[0].any()
+    assert np.isfinite(c.z[1:]).all() and c.regions == 0
+    assert c.scale == pytest.approx(check(im.noisy, im.clean).scale)

@@ -381,8 +381,9 @@ def check(noisy, denoised, *, scale: float | None = None, threshold: float = THR
         y, d = np.where(holes, fill, y), np.where(holes, fill, d)
     if not (np.isfinite(threshold) and 0 < threshold <= 100):
         raise ConsistencyError(f"threshold must be a number of sigma between 0 and 100 (4.5 by default), got {threshold}")
-    if scale is None:
-        scale = column_scale(y)
+    blank = holes.reshape(-1, *y.shape[-2:]).all(axis=(1, 2))  # planes without a number (denoise() gives them as NaN)
+    if scale is None:  # measured on the first plane with numbers
+        scale = column_scale(y.reshape(-1, *y.shape[-2:])[int(np.argmin(blank))])
     if not (np.isfinite(scale) and 0.5 <= scale <= min(y.shape[-2:]) / 4):
         raise ConsistencyError(f"scale must be a number of px from 0.5 to a quarter of the image side "
                                f"({min(y.shape[-2:]) / 4:g}), got {scale}; leave it out to take 0.15 of the lattice period")
@@ -393,6 +394,9 @@ def check(noisy, denoised, *, scale: float | None = None, threshold: float = THR
     flagged = np.empty(planes_y.shape, bool)
     fits = []
     for i, (py, pd) in enumerate(zip(planes_y, planes_d)):
+        if blank[i]:
+            z[i], flagged[i] = np.nan, False
+            continue
         try:
             z[i], flagged[i], fit = _check_plane(py, pd, scale, threshold)
         except ConsistencyError as exc:
