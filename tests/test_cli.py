@@ -615,3 +615,16 @@ def test_a_model_whose_output_does_not_follow_the_image_is_called_out(tmp_path, 
     main(["denoise", str(tiny), "-o", str(tmp_path / "out2")])
     out = capsys.readouterr()
     assert "too small to compare with its data (16 x 16 px; at least 24 x 24 px)" in out.out + out.err
+
+
+def test_nan_pixels_in_a_uint16_output_are_said_to_be_zero(tmp_path, trained_model, capsys):
+    noisy = simulate(size=96, period=12, dose=5, seed=2).noisy
+    noisy[5:8, 5:9] = np.nan
+    write_tiff(tmp_path / "h.tif", noisy)
+    model = ["--model", str(trained_model)]
+    assert main(["denoise", str(tmp_path / "h.tif"), "-o", str(tmp_path / "u"), *model, "--dtype", "uint16"]) == 0
+    text = "".join(capsys.readouterr())
+    assert "12 NaN pixel(s) are 0 in the uint16 file" in text and "--dtype float32 keeps them NaN" in text
+    assert read_tiff(tmp_path / "u" / "h_denoised.tif").data[5:8, 5:9].max() == 0
+    assert main(["denoise", str(tmp_path / "h.tif"), "-o", str(tmp_path / "f"), *model]) == 0
+    assert "uint16 file" not in "".join(capsys.readouterr())

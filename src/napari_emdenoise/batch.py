@@ -102,6 +102,8 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
     """Denoise one input file into ``out_dir`` and return what happened; never raises for a bad file (the error is in
     the result). ``model``: a module, a checkpoint path or None (the bundled model; paths load once per process).
     ``progress(event)`` receives the in-memory path's :class:`~.inference.Progress` events."""
+    import numpy as np
+
     from .consistency import ConsistencyError, check, in_denoising
     from .inference import DenoiseWarning, iter_denoise
     from .io import ImageFileError, read_image, read_lazy, write_tiff, write_zarr
@@ -169,6 +171,9 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
                            axes=img.axes, description={"source": str(path), "model": opts.model_label,
                                                        "refit": refit.summary() if refit is not None else None})
                 res.lines.append(f"{path.name} -> {targets[0]}")
+                if opts.dtype == "uint16" and (missing := int(np.isnan(result).sum())):
+                    res.notes.append(f"{path.name}: note: {missing} NaN pixel(s) are 0 in the uint16 file (the lowest "
+                                     "value: an integer type holds no NaN); --dtype float32 keeps them NaN")
                 if refit is not None:
                     res.lines.append(f"{path.name}: {refit.text()}")
                 res.outputs.append(str(targets[0]))
