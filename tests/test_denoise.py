@@ -522,3 +522,15 @@ def test_a_stack_s_planes_through_the_staged_copy_back_land_in_their_places(monk
         staged = denoise(stack, None)
     assert np.array_equal(direct, staged)
     assert len({float(p.mean()) for p in staged}) == 5  # five different planes, none written twice
+
+
+def test_a_saturated_detector_is_noticed():
+    sim = simulate(size=(96, 96), period=12, dose=6, seed=4)
+    data = np.minimum(sim.noisy * 3000.0, 65535).astype(np.uint16)  # the brightest columns clipped at the ceiling
+    share = float((data == 65535).mean())
+    assert 0.01 < share < 0.2
+    with pytest.warns(DenoiseWarning, match=r"read 65535, the most a uint16 pixel holds: the detector saturated"):
+        denoise(data, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DenoiseWarning)
+        denoise((sim.noisy * 100).astype(np.uint16), None, period=12)  # far from the ceiling: no word

@@ -204,6 +204,7 @@ def _free_memory(device: torch.device) -> int:
 
 
 KEEP_SHARE = 0.1  # a stack stays on the device from planning to its pass where it fills at most this share of the free memory
+SATURATED = 1e-3  # share of pixels at an integer type's ceiling beyond which the detector is said to saturate
 
 
 def _whole_pass_budget(net: nn.Module, device: torch.device) -> int:
@@ -709,8 +710,15 @@ def iter_denoise(
     floating = planes.dtype.kind == "f"
     wide = floating and planes.dtype.itemsize > 4  # float64: more range and precision than the pass
 
+    # detector data at their type's ceiling: saturated pixels, whose true counts are lost
+    top = float(np.iinfo(planes.dtype).max) if planes.dtype.kind in "ui" and planes.dtype.itemsize <= 2 else None
+    saturated: dict[int, int] = {}
+
     def prepare(k: int) -> _Prepared:
-        p = _prepare(upload(planes[k]), invert, floating)
+        t = upload(planes[k])
+        if top is not None and k not in saturated:
+            saturated[k] = int((t == top).sum())
+        p = _prepare(t, invert, floating)
         if wide and (p.bad or p.constant is not None):  # did float32 lose what the plane holds? (rare: looked at then)
             _check_float32_range(planes[k], f"plane {k}" if n > 1 else "the image")
         return p
@@ -733,6 +741,11 @@ def iter_denoise(
         prepared += part if keep else [None] * len(part)
     if len(blank) == n:
         raise ValueError("the image has no finite pixels (all NaN or Inf)")
+    if top is not None and sum(saturated.values()) > SATURATED * planes.size:
+        warnings.warn(f"{sum(saturated.values())} pixel(s) ({100 * sum(saturated.values()) / planes.size:.2g} %) read "
+                      f"{top:.0f}, the most a {planes.dtype} pixel holds: the detector saturated there, the brightest "
+                      "columns' true heights are lost and the result cannot restore them (lower the detector gain)",
+                      DenoiseWarning, stacklevel=2)
     bs = batch_size
     shapes = [_scaled_shape(p.shape, pl.scale) for p, pl in zip(planes, plans)]
     tile_plans = [_plan(s, tile, overlap, net) for s in shapes]
