@@ -125,6 +125,7 @@ def test_cancel_mid_run_leaves_no_new_layer(widget, qtbot, two_tile_statistics):
     assert seen and seen[-1].done < seen[-1].total
     assert [layer.name for layer in viewer.layers] == ["big"]
     assert w._run.enabled
+    assert w._status.value == "Denoising cancelled; no layer was added."  # not the last progress line
 
 
 def test_current_slice_of_a_stack(widget, qtbot):

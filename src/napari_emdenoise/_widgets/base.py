@@ -80,7 +80,7 @@ class JobWidget(Dock):
         # napari's worker would relay these itself, but its notifying mixin is never initialised (its __init__ is not
         # reached through QRunnable's), so the core's warnings went nowhere
         worker.warned.connect(self._warned)
-        worker.aborted.connect(lambda: show_info(f"{self.what} cancelled; {self.cancelled}"))
+        worker.aborted.connect(self._aborted)
         worker.finished.connect(self._finished)
         self._worker = worker
         self._set_running(True)
@@ -109,6 +109,15 @@ class JobWidget(Dock):
         self._returned = True  # an event delivered after the result must not overwrite what the result shows
         self.on_result(result)
         self._final_status = self._status.value
+
+    def _aborted(self) -> None:
+        self._returned = True  # an event still on its way must not put the last progress line back
+        text = f"{self.what} cancelled; {self.cancelled}"
+        try:
+            self._status.value = text
+        except RuntimeError:  # napari closing: the dock is gone already
+            pass
+        show_info(text)
 
     def _warned(self, args: tuple) -> None:
         """One warning notification per distinct warning of the core job (``args``: what ``showwarning`` gets)."""
