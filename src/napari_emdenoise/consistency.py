@@ -147,6 +147,13 @@ def spread(size: int, n: int) -> np.ndarray | slice:
     return np.sort(np.random.default_rng(0).integers(0, size, n))
 
 
+def fill_holes(holes: np.ndarray, d: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``d`` and ``others`` with their pixels at ``holes`` set to the median of ``d`` elsewhere: a value inside the
+    output's range, so that the filled pixels neither steer a fit nor stand out."""
+    fill = np.float32(np.median(d[~holes]))
+    return tuple(np.where(holes, fill, a) for a in (d, *others))
+
+
 def _bin(a: np.ndarray, k: int) -> np.ndarray:
     """Mean over k x k blocks (the image cropped to whole blocks), as float32; strided sums are fast."""
     h, w = (a.shape[0] // k) * k, (a.shape[1] // k) * k
@@ -377,8 +384,7 @@ def check(noisy, denoised, *, scale: float | None = None, threshold: float = THR
                                    "has numbers: set those output pixels to NaN too, or crop them, before checking")
         if holes.all():
             raise ConsistencyError("the data have no finite pixels (all NaN or infinite): there is nothing to check")
-        fill = np.float32(np.median(d[~holes]))
-        y, d = np.where(holes, fill, y), np.where(holes, fill, d)
+        d, y = fill_holes(holes, d, y)
     if not (np.isfinite(threshold) and 0 < threshold <= 100):
         raise ConsistencyError(f"threshold must be a number of sigma between 0 and 100 (4.5 by default), got {threshold}")
     blank = holes.reshape(-1, *y.shape[-2:]).all(axis=(1, 2))  # planes without a number (denoise() gives them as NaN)

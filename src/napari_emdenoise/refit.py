@@ -197,7 +197,7 @@ def _templates(shape: tuple[int, int], pos: np.ndarray, s: float, chunk: int = 1
 
 
 def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, int, int, int, int]:
-    from .consistency import ConsistencyError, match
+    from .consistency import ConsistencyError, fill_holes, match
 
     y_holes, d_holes = ~np.isfinite(y), ~np.isfinite(d)
     if (d_holes & ~y_holes).any():
@@ -209,8 +209,7 @@ def _refit_plane(y: np.ndarray, d: np.ndarray, s: float) -> tuple[np.ndarray, in
         return d, 0, 0, 0, 0
     kept = d
     if holes.any():
-        fill = np.float32(np.median(d[~holes]))
-        y, d = np.where(holes, fill, y), np.where(holes, fill, d)
+        d, y = fill_holes(holes, d, y)
     m = match(y, d, keep=~holes)
     var = m.mu * np.float32(m.g)
     var += np.float32(m.c)
@@ -266,7 +265,7 @@ def refit_columns(noisy, denoised, *, width: float | None = None, invert: bool =
     or ABF contrast, as ``denoise(invert=True)``). Raises
     :class:`~napari_emdenoise.consistency.ConsistencyError` for a pair that cannot be compared.
     """
-    from .consistency import ConsistencyError, _as_float
+    from .consistency import ConsistencyError, _as_float, fill_holes
 
     y, _, _ = _as_float("noisy", noisy)
     d, unit, _ = _as_float("denoised", denoised)
@@ -278,8 +277,8 @@ def refit_columns(noisy, denoised, *, width: float | None = None, invert: bool =
     planes_y, planes_d = y.reshape(-1, *y.shape[-2:]), d.reshape(-1, *d.shape[-2:])
     if width is None:  # on the first plane with numbers, its missing pixels filled (one dead pixel left no plane)
         first = next((p for p in planes_d if np.isfinite(p).any()), None)
-        if first is not None and not np.isfinite(first).all():
-            first = np.where(np.isfinite(first), first, np.float32(np.median(first[np.isfinite(first)])))
+        if first is not None:
+            (first,) = fill_holes(~np.isfinite(first), first)
         width = column_width(first) if first is not None else None
         # columns narrower than MIN_WIDTH (periods under about 5 px) get the narrowest template, not an error
         width = MIN_WIDTH if width is None else max(width, MIN_WIDTH)
