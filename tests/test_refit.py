@@ -107,7 +107,7 @@ def test_bundled_model_output_at_8px_faint_columns_on_shoulders_are_refit():
     for seed, ideal in ((4321, 0.07), (4322, 0.04)):
         s = make_scene(kind="vacancies", size=256, period=8, dose=5, seed=seed)
         out = denoise(s.noisy)
-        assert fidelity.measure(s, out)["vacancy_fill_light"] >= 0.8  # the model fills them
+        assert fidelity.measure(s, out)["vacancy_fill_light"] >= 0.65  # the model fills most of them (70-88 %)
         after = fidelity.measure(s, refit_columns(s.noisy, out).image)
         assert after["vacancy_fill_light"] <= ideal + 0.1  # the ideal observer: 7 and 4 %
         assert after["light_recall_5-15%"] >= 0.8

@@ -384,17 +384,17 @@ def _fits_whole(net: nn.Module, shape: tuple[int, int], tiles: list[tiling.Tile]
     image whose pass fits the memory budget (the only exact whole-image statistics; see :func:`_whole_pass_budget`)."""
     if len(tiles) == 1:
         return True
-    h, w = _padded_shape(shape, net)
+    h, w = nets.padded_shape(shape, nets.size_multiple(net))
     return bool(nets.tile_norms(net)) and h * w <= _whole_pass_budget(net, device)
 
 
 def _whole_pass(net: nn.Module, x: torch.Tensor, device: torch.device, amp: bool, done: float, span: int, total: int,
                 network: _Network | None = None) -> Generator[Progress, None, torch.Tensor | None]:
-    """One forward pass of a whole normalised plane already on the device (padded to the network's grid, cropped back);
+    """One forward pass of a whole normalised plane already on the device (padded for the network, cropped back);
     progress per layer every :data:`PROGRESS_EVERY_S`. Returns the output on the device, or None where the device ran
     out of memory (the caller goes to tiles)."""
     h, w = x.shape
-    batch = nets.pad_to_multiple(x[None, None], nets.size_multiple(net))[0]
+    batch = nets.pad_for_network(x[None, None], nets.size_multiple(net))
     if _in_channels(net) != 1:  # an RGB model sees the grey image in every channel
         batch = batch.repeat(1, _in_channels(net), 1, 1)
     autocast = torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
@@ -417,7 +417,8 @@ def _whole_pass(net: nn.Module, x: torch.Tensor, device: torch.device, amp: bool
         warnings.warn(f"the whole {h}x{w} image did not fit in {device.type} memory at once: denoised in tiles",
                       DenoiseWarning, stacklevel=3)
         return None
-    return y.float().mean(dim=1)[0, :h, :w]  # a 3-channel output is averaged to grey
+    e = nets.EDGE
+    return y.float().mean(dim=1)[0, e : e + h, e : e + w]  # a 3-channel output is averaged to grey
 
 
 def _tiled_pass(
@@ -430,7 +431,7 @@ def _tiled_pass(
     :func:`shared_state`): the network's normalisation statistics to use instead of taking them from this plane."""
     h, w = x.shape
     # pad as a whole-image pass would, so that every tile sits on the network's sampling grid
-    x = nets.pad_to_multiple(x.to(device)[None, None], nets.size_multiple(net))[0][0, 0]
+    x = nets.pad_for_network(x.to(device)[None, None], nets.size_multiple(net))[0, 0]
     in_c = _in_channels(net)
     th = tiles[0].rows.stop - tiles[0].rows.start
     tw = tiles[0].cols.stop - tiles[0].cols.start
@@ -513,7 +514,7 @@ def _tiled_pass(
             blend(group, y)
             i += len(group)
             yield Progress(progress_offset + len(tiles) - len(todo) + i, progress_total)
-        return out[:h, :w]
+        return out[nets.EDGE : nets.EDGE + h, nets.EDGE : nets.EDGE + w]
     finally:  # also on cancel: the module is left as the reference code would use it
         nets.set_norm_mode(net, "instance")
 
@@ -523,16 +524,10 @@ def _scaled_shape(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
     return max(8, round(shape[-2] * scale)), max(8, round(shape[-1] * scale))
 
 
-def _padded_shape(shape: tuple[int, int], net: nn.Module) -> tuple[int, int]:
-    """``shape`` padded to the network's size multiple, as :func:`.nets.pad_to_multiple` pads an image."""
-    align = nets.size_multiple(net)
-    return -(-shape[0] // align) * align, -(-shape[1] // align) * align
-
-
 def _plan(shape: tuple[int, int], tile: int | None, overlap: int, net: nn.Module) -> list[tiling.Tile]:
-    """Tiles for an image of ``shape`` after padding to the network's size multiple, with the network's own context at
-    tile edges (measured only where the image takes more than one tile)."""
-    padded = _padded_shape(shape, net)
+    """Tiles for an image of ``shape`` after :func:`.nets.pad_for_network`, with the network's own context at tile edges
+    (measured only where the image takes more than one tile)."""
+    padded = nets.padded_shape(shape, nets.size_multiple(net))
     split = tile is not None and max(padded) > tile
     return tiling.plan_tiles(padded, tile, overlap, align=nets.size_multiple(net),
                              context=nets.context_px(net) if split else tiling.MIN_CONTEXT)
@@ -575,10 +570,10 @@ def shared_state(sample: np.ndarray, net: nn.Module, *, tile: int | None = 512, 
         return Shared(lo, hi, fill, plan, None)
     if plan.scale != 1.0:
         x = resample(x, _scaled_shape(x.shape, plan.scale))
-    align = nets.size_multiple(net)
-    x = nets.pad_to_multiple(torch.from_numpy(np.ascontiguousarray(x))[None, None], align)[0][0, 0].numpy()
-    tiles = _plan(x.shape, tile, overlap, net)
-    if _fits_whole(net, x.shape, tiles, dev):  # the whole sample in one pass: its exact statistics
+    shape = x.shape
+    x = nets.pad_for_network(torch.from_numpy(np.ascontiguousarray(x))[None, None], nets.size_multiple(net))[0, 0].numpy()
+    tiles = _plan(shape, tile, overlap, net)
+    if _fits_whole(net, shape, tiles, dev):  # the whole sample in one pass: its exact statistics
         cal = tiling.plan_tiles(x.shape, None, 0)
     else:
         cal = tiling.calibration_tiles(tiles, _calibration_budget(net, dev))

@@ -116,7 +116,7 @@ def plan_tiles(shape: tuple[int, int], tile: int | None, overlap: int, align: in
                context: int = MIN_CONTEXT) -> list[Tile]:
     """Tiles covering a 2D image; ``tile=None`` gives one tile, the whole image.
 
-    With ``align`` > 1 the image sides must be multiples of it (see :func:`napari_emdenoise.nets.pad_to_multiple`);
+    With ``align`` > 1 the image sides must be multiples of it (see :func:`napari_emdenoise.nets.pad_for_network`);
     the tile size is rounded down to a multiple of it (at least ``align``). A tile smaller than twice the strip that
     ``context`` needs (:func:`strip_width`) is enlarged to it, up to :data:`MAX_RAISED_TILE`: a smaller one would
     compute pixels whose convolutions reach the tile's edge.
