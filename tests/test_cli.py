@@ -140,6 +140,12 @@ def test_denoise_many_files_reports_failures_and_continues(tmp_path, trained_mod
     assert "sim_0000.tif: already complete" in captured.out and "--overwrite redoes it" in captured.out
     assert "1 of 1 file(s) were already complete and skipped" in captured.err
     assert (out / "sim_0000_denoised.tif").read_bytes() == before
+    # an empty output (another program's crash, a full disk) is not taken for a complete one: it is written again
+    (out / "sim_0001_denoised.tif").write_bytes(b"")
+    assert main(["denoise", inputs[1], "-o", str(out), "--model", str(trained_model)]) == 0
+    captured = capsys.readouterr()
+    assert "is empty (0 bytes) and will be written again" in captured.out + captured.err
+    assert read_tiff(out / "sim_0001_denoised.tif").data.shape == noisy.shape
 
 
 def test_denoise_check_writes_a_consistency_map_and_a_summary_line(tmp_path, trained_model, capsys):

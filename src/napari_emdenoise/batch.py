@@ -115,7 +115,14 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
     large = is_large(path)
     targets = outputs_for(path, out_dir, opts.check, large)
     try:
-        present = [t for t in targets if t.exists()]
+        # an empty file (another program's crash, a full disk) holds nothing: it is redone, not taken as complete
+        empty = [t for t in targets if t.is_file() and t.stat().st_size == 0]
+        present = [t for t in targets if t.exists() and t not in empty]
+        if empty and not opts.overwrite:
+            res.notes.append(f"{path.name}: note: {', '.join(repr(str(t)) for t in empty)} "
+                             f"{'is' if len(empty) == 1 else 'are'} empty (0 bytes) and will be written again")
+            for t in empty:
+                t.unlink()
         if present and not opts.overwrite:
             if len(present) == len(targets):
                 res.skipped = True
