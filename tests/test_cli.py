@@ -634,3 +634,13 @@ def test_nan_pixels_in_a_uint16_output_are_said_to_be_zero(tmp_path, trained_mod
     assert read_tiff(tmp_path / "u" / "h_denoised.tif").data[5:8, 5:9].max() == 0
     assert main(["denoise", str(tmp_path / "h.tif"), "-o", str(tmp_path / "f"), *model]) == 0
     assert "uint16 file" not in "".join(capsys.readouterr())
+
+
+def test_denoise_refuses_a_binary_mask_with_one_line(tmp_path, capsys):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "mask.tif", np.random.default_rng(0).random((64, 64)) > 0.5)
+    assert main(["denoise", str(tmp_path / "mask.tif"), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "holds a binary (true/false) image, such as a mask, not detector counts" in err
+    assert not (tmp_path / "out" / "mask_denoised.tif").exists()

@@ -155,6 +155,9 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
                 res.lines.append(f"{path.name} -> {targets[0]}")
             else:
                 img = read_image(path)
+                if img.original_dtype == "bool":
+                    raise ImageFileError(f"'{path.name}' holds a binary (true/false) image, such as a mask, not "
+                                         "detector counts: denoise the microscope image itself")
                 res.notes += [f"{path.name}: note: {n}" for n in img.notes]
                 with _LOCK:
                     result = drive(iter_denoise(img.data, net, tile=opts.tile, overlap=opts.overlap, batch_size=opts.batch_size,
