@@ -85,6 +85,7 @@ def test_stacks_holes_and_bad_pairs(scene):
     assert stack.image.shape == (2, 192, 192)
     assert np.isnan(stack.image[0, 10:20, 10:20]).all() and np.isfinite(stack.image[0, 30:, 30:]).all()
     assert np.array_equal(stack.image[1], flat) and stack.columns > 0
+    assert stack.planes == 2 and " refit to the data over 2 planes " in stack.text()
     # the width is measured on the output all the same (one dead pixel made it the narrowest template, 0.6 px)
     assert refit_columns(noisy, out).width == pytest.approx(refit_columns(scene.noisy, filled).width, rel=0.02)
     with pytest.raises(ConsistencyError, match="plane 1: the output is constant"):

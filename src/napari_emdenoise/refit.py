@@ -61,14 +61,17 @@ class Refit:
     lowered: int  # columns the output drew brighter than the data show, by more than SIGNIFICANT sigma
     raised: int  # columns the output drew darker than the data show, by more than SIGNIFICANT sigma
     width: float  # px, the template's sigma
+    planes: int = 1  # planes the counts are summed over
 
     def text(self) -> str:
-        return (f"{self.columns} column heights refit to the data (and {self.faint} fainter blobs); the output had "
-                f"{self.lowered} brighter and {self.raised} darker than the counts show (beyond {SIGNIFICANT:g} sigma)")
+        over = f" over {self.planes} planes" if self.planes > 1 else ""
+        return (f"{self.columns} column heights refit to the data{over} (and {self.faint} fainter blobs); the output "
+                f"had {self.lowered} brighter and {self.raised} darker than the counts show (beyond {SIGNIFICANT:g} "
+                "sigma)")
 
     def summary(self) -> dict:
         return {"columns": self.columns, "faint": self.faint, "lowered": self.lowered, "raised": self.raised,
-                "width_px": round(self.width, 3), "significance_sigma": SIGNIFICANT}
+                "planes": self.planes, "width_px": round(self.width, 3), "significance_sigma": SIGNIFICANT}
 
 
 def _columns(mu: np.ndarray, den: np.ndarray, cool: np.ndarray, s: float) -> np.ndarray:
@@ -301,4 +304,4 @@ def refit_columns(noisy, denoised, *, width: float | None = None, invert: bool =
         columns, faint, lowered, raised = columns + n, faint + f, lowered + lo, raised + hi
     if unit != 1.0 or invert:
         out *= np.float32(-unit if invert else unit)
-    return Refit(out.reshape(y.shape), columns, faint, lowered, raised, width)
+    return Refit(out.reshape(y.shape), columns, faint, lowered, raised, width, len(planes_y))
