@@ -262,3 +262,41 @@ def test_an_address_space_limit_bounds_the_budget():
             "print(available_memory() / 2**30)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert 0.9 < float(out) <= 1.0
+
+
+def test_the_core_s_warnings_reach_their_thread_s_receiver_whatever_other_threads_do():
+    """warnings.catch_warnings is process-wide: another thread inside one (here ignoring everything) swallowed a job's
+    NaN and inverted-contrast notes in the Denoise widget. A thread's own receiver gets them all the same."""
+    import threading
+    import warnings
+
+    from napari_emdenoise import denoise
+    from napari_emdenoise.inference import DenoiseWarning
+    from napari_emdenoise.jobs import thread_warnings
+
+    img = simulate(size=64, period=12, dose=6, seed=1).noisy
+    img[3, 4] = np.nan
+    inside, leave = threading.Event(), threading.Event()
+
+    def other_worker():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            inside.set()
+            leave.wait(30)
+
+    t = threading.Thread(target=other_worker)
+    t.start()
+    try:
+        assert inside.wait(30)
+        got = []
+        with thread_warnings(got.append):
+            denoise(img, rescale=False)
+        assert [str(m.message) for m in got if m.category is DenoiseWarning] == [
+            "1 NaN/Inf pixel(s) were replaced by the median for denoising and are NaN in the output"]
+        with thread_warnings(None):  # dropped: a flow that says the same once itself
+            denoise(img, rescale=False)
+    finally:
+        leave.set()
+        t.join()
+    with pytest.warns(DenoiseWarning, match="1 NaN/Inf pixel"):  # without a receiver: the warnings module, as before
+        denoise(img, rescale=False)

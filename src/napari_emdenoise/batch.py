@@ -107,7 +107,7 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
     from .consistency import ConsistencyError, check, in_denoising
     from .inference import DenoiseWarning, iter_denoise
     from .io import ImageFileError, read_image, read_lazy, write_tiff, write_zarr
-    from .jobs import drive
+    from .jobs import drive, thread_warnings
     from .refit import refit_columns
 
     path, out_dir = Path(path), Path(out_dir)
@@ -132,7 +132,8 @@ def denoise_file(path, out_dir, model=None, opts: FileOptions = FileOptions(), p
             raise FileExistsError(f"'{present[0]}' exists but not the rest of this file's outputs; use --overwrite to "
                                   "replace it")
         net = model if not isinstance(model, (str, Path)) and model is not None else _load(None if model is None else str(model))
-        with warnings.catch_warnings(record=True) as caught:
+        # the core's notes through this thread's own channel (files may be denoised in several threads at once)
+        with warnings.catch_warnings(record=True) as caught, thread_warnings(caught.append):
             warnings.simplefilter("always", DenoiseWarning)
             if large:
                 from .lazy import denoise_lazy

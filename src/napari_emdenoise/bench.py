@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import csv
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 from scipy import ndimage
 
-from .inference import DenoiseWarning, denoise, resolve_model
-from .jobs import Event, Job
+from .inference import denoise, resolve_model
+from .jobs import Event, Job, thread_warnings
 from .lattice import estimate_period
 from .metrics import Scores, psnr, score
 from .simulate import SimResult, simulate
@@ -112,8 +111,7 @@ def iter_bench(quick: bool = False, extra: dict[str, str] | None = None) -> Job[
         for method, fn in list(methods.items()) + [(m, None) for m in models]:
             t0 = time.perf_counter()
             if fn is None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DenoiseWarning)
+                with thread_warnings(None):
                     out = denoise(sim.noisy, models[method])
             else:
                 out = fn(sim.noisy, sim.clean)

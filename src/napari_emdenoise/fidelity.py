@@ -35,7 +35,6 @@ per-column measurement. A real method beats it on a row only by pooling neighbou
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -285,13 +284,13 @@ def classical_methods() -> dict[str, Method]:
 
 def model_method(model) -> Method:
     """A generator (a path, a loaded module, or None for the bundled model) run as a user runs it: raw detector data."""
-    from .inference import DenoiseWarning, denoise, resolve_model
+    from .inference import denoise, resolve_model
+    from .jobs import thread_warnings
 
     net = resolve_model(model)
 
     def run(scene: Scene) -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DenoiseWarning)
+        with thread_warnings(None):
             return denoise(scene.noisy, net)
 
     return run

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Generator
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from . import nets, tiling
-from .jobs import Event, Stopped, drive
+from .jobs import Event, Stopped, drive, warn
 from .checkpoints import ModelInfo, load_generator, model_info
 from .devices import Downloader, Uploader, available_devices, available_memory, devices, pick_device  # noqa: F401 - the public names live here too
 from . import lattice
@@ -282,7 +281,7 @@ class _Network:
     def warn(self) -> None:
         if self.failure is not None:
             first = str(self.failure).strip().splitlines()[0][:200] if str(self.failure).strip() else ""
-            warnings.warn(f"torch.compile could not compile the network here ({type(self.failure).__name__}: {first}): it "
+            warn(f"torch.compile could not compile the network here ({type(self.failure).__name__}: {first}): it "
                           "runs as it is", DenoiseWarning, stacklevel=4)
             self.failure = None
 
@@ -414,7 +413,7 @@ def _whole_pass(net: nn.Module, x: torch.Tensor, device: torch.device, amp: bool
             raise
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        warnings.warn(f"the whole {h}x{w} image did not fit in {device.type} memory at once: denoised in tiles",
+        warn(f"the whole {h}x{w} image did not fit in {device.type} memory at once: denoised in tiles",
                       DenoiseWarning, stacklevel=3)
         return None
     e = nets.EDGE
@@ -468,7 +467,7 @@ def _tiled_pass(
             if len(cal) < len(tiles):
                 share = sum(t.core_mask().sum() for t in cal) / (h * w)
                 need = x.numel() * _memory_per_px(net, device) / 2**30
-                warnings.warn(
+                warn(
                     f"the {h}x{w} image is too large for whole-image normalisation in the {device.type} memory available: "
                     f"its statistics come from {len(cal)} of its {len(tiles)} tiles ({100 * share:.0f} % of the image), so "
                     "the result can differ from a whole-image pass in places (a few % of the range); with about "
@@ -509,7 +508,7 @@ def _tiled_pass(
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 bs = max(1, bs // 2)
-                warnings.warn(f"out of {device.type} memory: batch size lowered to {bs}", DenoiseWarning, stacklevel=2)
+                warn(f"out of {device.type} memory: batch size lowered to {bs}", DenoiseWarning, stacklevel=2)
                 continue
             blend(group, y)
             i += len(group)
@@ -737,7 +736,7 @@ def iter_denoise(
     if len(blank) == n:
         raise ValueError("the image has no finite pixels (all NaN or Inf)")
     if top is not None and sum(saturated.values()) > SATURATED * planes.size:
-        warnings.warn(f"{sum(saturated.values())} pixel(s) ({100 * sum(saturated.values()) / planes.size:.2g} %) read "
+        warn(f"{sum(saturated.values())} pixel(s) ({100 * sum(saturated.values()) / planes.size:.2g} %) read "
                       f"{top:.0f}, the most a {planes.dtype} pixel holds: the detector saturated there, the brightest "
                       "columns' true heights are lost and the result cannot restore them (lower the detector gain)",
                       DenoiseWarning, stacklevel=2)
@@ -749,12 +748,12 @@ def iter_denoise(
         first = tile_plans[0][0]
         bs = _auto_batch(net, (first.rows.stop - first.rows.start) * (first.cols.stop - first.cols.start), dev, total)
     for note in sorted({pl.note for pl in plans if pl.notify}):
-        warnings.warn(note, DenoiseWarning, stacklevel=2)
+        warn(note, DenoiseWarning, stacklevel=2)
     if not invert:
         first = next(k for k in range(n) if k not in blank)
         skew = contrast_skew((prepared[first] or prepare(first)).data)
         if skew < INVERTED_SKEW:
-            warnings.warn(
+            warn(
                 f"the image looks like inverted contrast (bright-field or ABF: atom columns darker than the background; "
                 f"skewness {skew:.1f}); ADF-trained models such as the bundled one expect bright columns: denoise it with "
                 "invert=True (CLI: --invert; the Denoise widget: 'invert contrast')", DenoiseWarning, stacklevel=2)
@@ -764,16 +763,16 @@ def iter_denoise(
         p = prepared[k] or prepare(k)
         prepared[k] = None
         if k in blank:
-            warnings.warn(f"plane {k} has no finite pixels (all NaN or Inf): it is NaN in the output", DenoiseWarning,
+            warn(f"plane {k} has no finite pixels (all NaN or Inf): it is NaN in the output", DenoiseWarning,
                           stacklevel=2)
         elif p.bad:
-            warnings.warn(
+            warn(
                 f"{p.bad} NaN/Inf pixel(s) were replaced by the median for denoising and are NaN in the output",
                 DenoiseWarning, stacklevel=2,
             )
         if p.constant is not None:  # one value (NaN for a blank plane): nothing to denoise, given back as it is
             if k not in blank:
-                warnings.warn(f"the image{f' (plane {k})' if n > 1 else ''} is constant ({p.constant:g}): "
+                warn(f"the image{f' (plane {k})' if n > 1 else ''} is constant ({p.constant:g}): "
                               "nothing to denoise, returned as it is", DenoiseWarning, stacklevel=2)
             y = p.data
             done += len(tile_plans[k])

@@ -19,10 +19,10 @@ from __future__ import annotations
 import functools
 import os
 import threading
-import warnings
 import numpy as np
 
 from . import nets, tiling
+from .jobs import thread_warnings, warn
 
 SAMPLE = 2048  # px: side of the central sample that a split plane's shared state is taken from
 _LOCK = threading.Lock()  # the network's normalisation layers hold per-call state: one chunk at a time per process
@@ -61,10 +61,9 @@ def _net(ref):
 
 
 def _whole_block(b, *, ref, opts):
-    from .inference import DenoiseWarning, denoise
+    from .inference import denoise
 
-    with _LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", DenoiseWarning)
+    with _LOCK, thread_warnings(None):  # the whole image's notes were given once, before the chunks
         return denoise(b, _net(ref), **opts)
 
 
@@ -107,7 +106,7 @@ def denoise_lazy(arr, model=None, *, tile: int | None = 512, overlap: int = 64, 
     src = -arr.astype(np.float32) if invert else arr
     smp = _sample(src, sample)
     if not invert and contrast_skew(smp) < INVERTED_SKEW:
-        warnings.warn("the image looks like inverted contrast (bright-field or ABF); denoise it with invert=True",
+        warn("the image looks like inverted contrast (bright-field or ABF); denoise it with invert=True",
                       DenoiseWarning, stacklevel=3)
     h, w = arr.shape[-2:]
     opts = dict(tile=tile, overlap=overlap, device=device, amp=amp)
@@ -132,7 +131,7 @@ def denoise_lazy(arr, model=None, *, tile: int | None = 512, overlap: int = 64, 
                                  align=align)
         state = functools.partial(_plane_state, ref=ref, opts=opts, period=given, rescale=rescale and given is not None)
         if first.plan.scale != 1.0:
-            warnings.warn("the image is resampled and its planes are split into chunks: each chunk is resampled on its own "
+            warn("the image is resampled and its planes are split into chunks: each chunk is resampled on its own "
                           "grid, so results near chunk borders can differ from the in-memory path; chunks of whole planes "
                           "avoid this", DenoiseWarning, stacklevel=3)
         planes = []
@@ -144,7 +143,7 @@ def denoise_lazy(arr, model=None, *, tile: int | None = 512, overlap: int = 64, 
                                             shared=shared))
         out = (planes[0] if arr.ndim == 2 else da.stack(planes).reshape(arr.shape)).rechunk(arr.chunks)
     if plan.notify:
-        warnings.warn(plan.note, DenoiseWarning, stacklevel=3)
+        warn(plan.note, DenoiseWarning, stacklevel=3)
     return -out if invert else out
 
 

@@ -94,12 +94,10 @@ def _bundled():
 
 def _frame_noise(x: np.ndarray, bundled, device: str) -> FrameNoise:
     """The noise model of one prepared noisy frame against the bundled model's output on it."""
-    import warnings
+    from .inference import denoise
+    from .jobs import thread_warnings
 
-    from .inference import DenoiseWarning, denoise
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DenoiseWarning)
+    with thread_warnings(None):
         return frame_noise(x, denoise(x, bundled, device=device))
 
 

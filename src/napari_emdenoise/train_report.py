@@ -18,7 +18,6 @@ it and the Train widget shows it when a run ends.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +80,8 @@ def iter_report(model, noisy_frames, run_dir=None, device: str = "auto") -> Job[
     """A job: the trained ``model`` (a path or a Denoiser) beside the bundled model; writes the report to ``run_dir``."""
     from . import fidelity
     from .consistency import ConsistencyError, check
-    from .inference import DenoiseWarning, denoise, resolve_model
+    from .inference import denoise, resolve_model
+    from .jobs import thread_warnings
 
     models = {"bundled": resolve_model(None), "trained": resolve_model(model)}
     frames = [_crop(f) for f in list(noisy_frames)[:MAX_FRAMES] if np.ndim(f) == 2]
@@ -91,8 +91,7 @@ def iter_report(model, noisy_frames, run_dir=None, device: str = "auto") -> Job[
     for name, net in models.items():
         shares = []
         for frame in frames:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DenoiseWarning)
+            with thread_warnings(None):
                 out = denoise(frame, net, device=device)
             try:
                 shares.append(check(frame, out).share)

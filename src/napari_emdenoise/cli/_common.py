@@ -116,8 +116,9 @@ def notes():
     import warnings
 
     from ..inference import DenoiseWarning
+    from ..jobs import thread_warnings
 
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, thread_warnings(caught.append):
         warnings.simplefilter("always", DenoiseWarning)
         yield caught
 
