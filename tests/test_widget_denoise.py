@@ -261,3 +261,21 @@ def test_the_core_s_warnings_reach_the_user_once_each(widget, qtbot, monkeypatch
     assert any("inverted contrast" in m and "invert" in m for m in shown), shown
     assert any("40 NaN/Inf pixel(s)" in m for m in shown), shown
     assert len(shown) == len(set(shown)) and all(m.startswith("Denoising: ") for m in shown)
+
+
+def test_a_job_whose_window_closed_stops_quietly(widget, qtbot):
+    """Closing the viewer from a script or a notebook while a job ran: its next progress event met deleted Qt objects
+    and the RuntimeError aborted the process. Now the job is cancelled and nothing is raised."""
+    from qtpy import sip
+
+    viewer, w = widget
+    viewer.add_image(np.stack([simulate(size=256, period=12, dose=6, seed=s).noisy for s in range(6)]), name="stack")
+    w._image.value = viewer.layers["stack"]
+    w._period.value = 12.0
+    w._stack.value = True
+    worker = w.start()
+    qtbot.waitUntil(lambda: w._progress.value > 0, timeout=60_000)
+    sip.delete(w._progress.native)  # what closing the window does to the dock's widgets
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    assert worker.abort_requested and "stack denoised" not in viewer.layers

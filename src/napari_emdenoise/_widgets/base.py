@@ -105,10 +105,25 @@ class JobWidget(Dock):
         show_error(f"{self.what} failed: {exc}")
 
     # ------------------------------------------------------------------ internals
+    def _window_gone(self, exc: RuntimeError) -> bool:
+        """Whether ``exc`` says the dock's Qt objects were deleted (the viewer closed while a job ran; a script or a
+        notebook still processes events): the job is asked to stop and the signal is dropped instead of raised, which
+        aborted the process."""
+        if "has been deleted" not in str(exc):
+            return False
+        self._returned = True
+        if self._worker is not None:
+            self._worker.quit()
+        return True
+
     def _result(self, result) -> None:
         self._returned = True  # an event delivered after the result must not overwrite what the result shows
-        self.on_result(result)
-        self._final_status = self._status.value
+        try:
+            self.on_result(result)
+            self._final_status = self._status.value
+        except RuntimeError as exc:
+            if not self._window_gone(exc):
+                raise
 
     def _aborted(self) -> None:
         self._returned = True  # an event still on its way must not put the last progress line back
@@ -129,6 +144,13 @@ class JobWidget(Dock):
     def _event(self, event: Event) -> None:
         if self._returned:
             return
+        try:
+            self._show_event(event)
+        except RuntimeError as exc:
+            if not self._window_gone(exc):
+                raise
+
+    def _show_event(self, event: Event) -> None:
         total = max(float(event.total), 1.0)
         steps = round(self.STEPS * min(float(event.done), total) / total)
         self._progress.max = self.STEPS  # fine steps: a long first stage (whole-image statistics) moves the bar too
@@ -142,13 +164,17 @@ class JobWidget(Dock):
             bar.update(steps - bar.n)
 
     def _finished(self) -> None:
-        if self._final_status is not None:  # what the result said stays, whatever arrived in between
-            self._status.value = self._final_status
         self._worker = None
-        if self._dock_bar is not None:
-            self._dock_bar.close()
-            self._dock_bar = None
-        self._set_running(False)
+        try:
+            if self._final_status is not None:  # what the result said stays, whatever arrived in between
+                self._status.value = self._final_status
+            if self._dock_bar is not None:
+                self._dock_bar.close()
+                self._dock_bar = None
+            self._set_running(False)
+        except RuntimeError as exc:
+            if not self._window_gone(exc):
+                raise
 
     def _set_running(self, running: bool) -> None:
         self._run.enabled = not running
