@@ -652,6 +652,21 @@ def _check_image(image) -> np.ndarray:
     return arr
 
 
+def contrast_note(seen, invert: bool) -> str | None:
+    """What to tell the user where the image, as the model will see it (``seen``: turned over already where ``invert``),
+    does not look like ADF contrast; None where it does."""
+    skew = contrast_skew(seen)
+    if skew >= INVERTED_SKEW:
+        return None
+    if invert:
+        return (f"invert is on, but the image has bright columns on a dark background (ADF/HAADF contrast; skewness "
+                f"{-skew:+.1f}): turned over, the model would see dark columns and its result is wrong; denoise it "
+                "without invert (CLI: leave out --invert; the Denoise widget: untick 'invert contrast')")
+    return (f"the image looks like inverted contrast (bright-field or ABF: atom columns darker than the background; "
+            f"skewness {skew:.1f}); ADF-trained models such as the bundled one expect bright columns: denoise it with "
+            "invert=True (CLI: --invert; the Denoise widget: 'invert contrast')")
+
+
 def check_image_type(dtype, shape: tuple[int, ...]) -> None:
     """A ValueError or TypeError that says what is wrong with an image of this type and shape for denoising."""
     dtype = np.dtype(dtype)
@@ -749,14 +764,10 @@ def iter_denoise(
         bs = _auto_batch(net, (first.rows.stop - first.rows.start) * (first.cols.stop - first.cols.start), dev, total)
     for note in sorted({pl.note for pl in plans if pl.notify}):
         warn(note, DenoiseWarning, stacklevel=2)
-    if not invert:
-        first = next(k for k in range(n) if k not in blank)
-        skew = contrast_skew((prepared[first] or prepare(first)).data)
-        if skew < INVERTED_SKEW:
-            warn(
-                f"the image looks like inverted contrast (bright-field or ABF: atom columns darker than the background; "
-                f"skewness {skew:.1f}); ADF-trained models such as the bundled one expect bright columns: denoise it with "
-                "invert=True (CLI: --invert; the Denoise widget: 'invert contrast')", DenoiseWarning, stacklevel=2)
+    first = next(k for k in range(n) if k not in blank)
+    note = contrast_note((prepared[first] or prepare(first)).data, invert)
+    if note:
+        warn(note, DenoiseWarning, stacklevel=2)
     done = 0
     yield Progress(0, total, "start")
     for k in range(n):

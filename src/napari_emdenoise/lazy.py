@@ -97,7 +97,7 @@ def denoise_lazy(arr, model=None, *, tile: int | None = 512, overlap: int = 64, 
     import dask.array as da
     from dask.array.overlap import ensure_minimum_chunksize
 
-    from .inference import DenoiseWarning, INVERTED_SKEW, check_image_type, check_period, contrast_skew, model_info, plan_rescale, shared_state
+    from .inference import DenoiseWarning, check_image_type, check_period, contrast_note, model_info, plan_rescale, shared_state
 
     check_image_type(arr.dtype, tuple(arr.shape))
     period = check_period(period, arr.shape)
@@ -105,9 +105,9 @@ def denoise_lazy(arr, model=None, *, tile: int | None = 512, overlap: int = 64, 
     net = _net(ref)
     src = -arr.astype(np.float32) if invert else arr
     smp = _sample(src, sample)
-    if not invert and contrast_skew(smp) < INVERTED_SKEW:
-        warn("the image looks like inverted contrast (bright-field or ABF); denoise it with invert=True",
-                      DenoiseWarning, stacklevel=3)
+    note = contrast_note(smp, invert)
+    if note:
+        warn(note, DenoiseWarning, stacklevel=3)
     h, w = arr.shape[-2:]
     opts = dict(tile=tile, overlap=overlap, device=device, amp=amp)
     if len(arr.chunks[-2]) == 1 and len(arr.chunks[-1]) == 1:  # whole planes: each as in memory, the period shared

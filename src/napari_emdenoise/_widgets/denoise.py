@@ -139,9 +139,10 @@ class DenoiseWidget(JobWidget):
         self.add_section([self._tile, self._overlap, self._device, self._rescale, self._compile])
         for label in (self._model_label, self._period_label):
             label.native.setWordWrap(True)
+        # not 'invert': it belongs to each image, and remembered it wrecked the next session's ADF images unasked
         remember("denoise", {"model": self._source, "checkpoint": self._file, "tile": self._tile,
                              "overlap": self._overlap, "device": self._device, "rescale": self._rescale,
-                             "invert": self._invert, "consistency map": self._map, "compile": self._compile,
+                             "consistency map": self._map, "compile": self._compile,
                              "refit": self._refit})
         self._all.changed.connect(self.start_all)
         self._file.visible = self._source.value == FILE
