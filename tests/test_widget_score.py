@@ -62,3 +62,14 @@ def test_an_empty_dent_map_is_refused_before_scoring(setup):
     w._dent.value = "blank mask"
     assert w.start() is None
     assert "is empty" in errors[0]
+
+
+def test_the_user_s_choice_stays_when_other_layers_come_and_go(setup):
+    """Adding a points layer put the scored layer back to the last denoised one: the next Score went to another layer."""
+    viewer, w, _ = setup
+    w._output.value = viewer.layers["noisy dented"]
+    viewer.add_points(np.array([[10.0, 10.0]]), name="marks")
+    viewer.layers.remove("marks")
+    assert w._output.value.name == "noisy dented"
+    viewer.add_image(np.zeros((512, 512), np.float32), name="again denoised")  # a new result of Denoise is picked
+    assert w._output.value.name == "again denoised"

@@ -49,9 +49,12 @@ class ScoreWidget(Dock):
         names = [ly.name for ly in self._viewer.layers if isinstance(ly, (napari.layers.Image, napari.layers.Labels))]
         return [NO_DENT, *names]
 
-    def _refresh(self, *_) -> None:
+    def _refresh(self, event=None) -> None:
         self.reset_choices()  # napari does this too once docked, but maybe after us: pick from the current layers
         layers = self._viewer.layers
+        added = getattr(event, "value", None) if event is not None and getattr(event, "type", "") == "inserted" else None
+        if event is not None and not (added is not None and added.name.endswith(" denoised")):
+            return  # another layer came or went: what the user chose stays (a points layer made it jump back)
         denoised = [ly for ly in layers if ly.name.endswith(" denoised")]
         if denoised:  # the usual case: score what Denoise just added against its own truth and dent map
             self._output.value = denoised[-1]
