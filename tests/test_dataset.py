@@ -53,6 +53,11 @@ def test_parse_zoom(tmp_path):
     for bad in ("20MX", "20MX=lots", "20MX=notes.txt"):
         with pytest.raises(DatasetError):
             parse_zoom(bad)
+    # one label twice (or two that make one file name): the second's targets overwrote the first's under one name
+    with pytest.raises(DatasetError, match="the zoom label 'A' is given twice"):
+        TargetSpec([parse_zoom("A=10x10"), parse_zoom("A=12x12")])
+    with pytest.raises(DatasetError, match="the zoom labels 'A B' and 'A_B' make the same file names"):
+        TargetSpec([parse_zoom("A B=10x10"), parse_zoom("A_B=12x12")])
 
 
 def test_rotation_is_exact():

@@ -88,6 +88,21 @@ class TargetSpec:
     seed: int = 0
     lattice_period: float | None = None  # px; None: estimated
 
+    def __post_init__(self):
+        _distinct("zoom label", [z.label for z in self.zooms])
+
+
+def _distinct(what: str, names) -> None:
+    """Names that become one file name (``safe_stem``) would overwrite each other's files: refused, naming them."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = safe_stem(name)
+        if key in seen:
+            which = (f"the {what} '{name}' is given twice" if seen[key] == name else
+                     f"the {what}s '{seen[key]}' and '{name}' make the same file names")
+            raise DatasetError(f"{which}: the targets of one would overwrite the other's; give each {what} its own name")
+        seen[key] = name
+
 
 @dataclass
 class Target:
@@ -192,6 +207,7 @@ def iter_build_targets(
     manifest_csv, manifest_json = out / "manifest.csv", out / "manifest.json"
     if (manifest_csv.exists() or (out / "trainB").exists()) and not overwrite:
         raise FileExistsError(f"'{out}' already holds a target set; use overwrite (CLI: --overwrite) or another folder")
+    _distinct("mask name", masks)
     total = len(spec.zooms) * len(masks) * spec.per_mask
     written: list[Path] = []
     rows: list[dict] = []
