@@ -91,8 +91,22 @@ def test_period_sets_the_column_count():
         (dict(dent_depth=1.5), "dent_depth"),
         (dict(size=4), "size"),
         (dict(read_noise=-1), "read_noise"),
+        (dict(lattice="rectangular", aspect=0), "aspect"),  # was 'Singular matrix'
+        (dict(aspect=-1), "aspect"),  # was accepted
+        (dict(basis=((0, 0, -5),)), "an atomic number Z of 0 or more"),  # was a numpy casting traceback
     ],
 )
 def test_bad_parameters_are_named(kw, words):
     with pytest.raises(ValueError, match=words):
         SimParams(**kw)
+
+
+def test_the_prefix_is_a_plain_file_name(tmp_path):
+    """'--prefix ../evil' wrote outside the output folder, each image's three files to one path."""
+    from napari_emdenoise.jobs import drive
+    from napari_emdenoise.simulate import write_set
+
+    for bad in ("../evil", "a/b", "", ".."):
+        with pytest.raises(ValueError, match="the prefix must be a plain file name"):
+            drive(write_set(tmp_path / "out", 1, SimParams(size=32), prefix=bad))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "evil.json").exists()

@@ -89,6 +89,11 @@ class SimParams:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.dents < 0:
             raise ValueError(f"dents must not be negative, got {self.dents}")
+        if not 0.05 <= self.aspect <= 20:
+            raise ValueError(f"aspect (second/first period of a rectangular lattice) must be 0.05 to 20, got {self.aspect}")
+        bad = [b for b in self.basis if len(b) != 3 or b[2] < 0]  # an empty basis is a flat image
+        if bad:
+            raise ValueError(f"basis columns are 'u,v,Z' with an atomic number Z of 0 or more, got {bad}")
 
     @property
     def sigma(self) -> float:
@@ -268,6 +273,8 @@ def write_set(out, n: int, params: SimParams, *, prefix: str = "sim", pixel_size
         raise ValueError(f"the number of images must be at least 1, got {n}")
     if pixel_size is not None and not 0 < pixel_size < float("inf"):
         raise ValueError(f"the pixel size must be a positive number of nm (or left out), got {pixel_size}")
+    if not prefix or Path(prefix).name != prefix or prefix in (".", "..") or prefix != prefix.strip():
+        raise ValueError(f"the prefix must be a plain file name (no folders), got {prefix!r}")
     out = Path(out)
     names = [f"{prefix}_{i:04d}" for i in range(n)]
     meta_path = out / ("simulate.json" if prefix == "sim" else f"{prefix}.json")
