@@ -50,6 +50,8 @@ def estimate_period(image, min_period: float = MIN_PERIOD, max_period: float = M
     return estimate_periods(image[None], min_period, max_period)[0]
 
 
+SATURATED = 1e-3  # share of an analysis crop's pixels at exactly its maximum taken for a saturated detector
+
 GPU_PLANES = 16  # planes analysed together on a GPU (each 1024^2 plane holds about 100 MB of float64 work arrays);
 # on a CPU one at a time, which keeps them in cache: 8 planes together took twice as long
 
@@ -125,6 +127,14 @@ def _estimate_chunk(img: torch.Tensor, planes, min_period: float, max_period: fl
     h, w = img.shape[-2:]
     if min(h, w) < 16:
         return [none] * n
+    # a plateau at the top (a saturated detector: more than SATURATED of the pixels at exactly the maximum, some of
+    # them inside a 3x3 block of it: not a ramp's last column nor lone hot pixels) counts as the median: its edges
+    # outweighed the lattice (one 50x50 block of a 384^2 frame at 28 px: "no clear lattice")
+    at_top = img == img.amax(dim=(1, 2), keepdim=True)
+    share = at_top.double().mean(dim=(1, 2))
+    inner = ~torch.nn.functional.max_pool2d((~at_top).double()[:, None], 3, stride=1, padding=1)[:, 0].bool()
+    for k in torch.nonzero((share > SATURATED) & (share < 0.5) & inner.flatten(1).any(dim=1))[:, 0].tolist():
+        img[k] = torch.where(at_top[k], img[k][~at_top[k]].median(), img[k])
     # a unit scale (the estimate does not depend on it): the power spectrum of values near 1e200 would overflow
     img = img / img.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
     flat = img.std(dim=(1, 2)) == 0
