@@ -652,6 +652,19 @@ def _check_image(image) -> np.ndarray:
     return arr
 
 
+PERIOD_MISMATCH = 1.5  # a period given this far (either way) from a clear estimate gets a note
+
+
+def period_note(given: float, estimate: PeriodEstimate) -> str | None:
+    """What to tell the user where the period they gave is far from the one the image shows; None where it is not."""
+    if not estimate.found or 1 / PERIOD_MISMATCH <= given / estimate.period <= PERIOD_MISMATCH:
+        return None
+    return (f"the period given, {given:g} px, is {given / estimate.period:.2g} times the one the image shows "
+            f"({estimate.period:.2f} px, estimated): the image is resampled by the period given, and a wrong one blurs "
+            "or invents columns; check it (CLI: --period; the Denoise widget: 'period'), or leave it out to use the "
+            "estimate")
+
+
 def contrast_note(seen, invert: bool) -> str | None:
     """What to tell the user where the image, as the model will see it (``seen``: turned over already where ``invert``),
     does not look like ADF contrast; None where it does."""
@@ -765,9 +778,15 @@ def iter_denoise(
     for note in sorted({pl.note for pl in plans if pl.notify}):
         warn(note, DenoiseWarning, stacklevel=2)
     first = next(k for k in range(n) if k not in blank)
-    note = contrast_note((prepared[first] or prepare(first)).data, invert)
+    seen = (prepared[first] or prepare(first)).data
+    note = contrast_note(seen, invert)
     if note:
         warn(note, DenoiseWarning, stacklevel=2)
+    if period is not None and rescale and plans[first].scale != 1.0:
+        note = period_note(period, lattice.estimate_period(seen))
+        if note:
+            warn(note, DenoiseWarning, stacklevel=2)
+    del seen
     done = 0
     yield Progress(0, total, "start")
     for k in range(n):
