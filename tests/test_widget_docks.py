@@ -90,7 +90,8 @@ def test_settings_are_remembered_between_sessions(make_napari_viewer, tmp_path):
     stored = json.loads(settings_path().read_text())
     assert stored["denoise"]["tile"] == 256 and stored["train"]["output folder"] == str(tmp_path / "runs")
     again, t2 = DenoiseWidget(viewer), TrainWidget(viewer)  # napari opened again
-    assert again._tile.value == 256 and again._invert.value is True
+    assert again._tile.value == 256
+    assert again._invert.value is False  # it belongs to each image: remembered, it wrecked the next session's ADF images
     assert t2._iters.value == 1234 and t2._preset.value == "small" and t2._out.value == tmp_path / "runs"
     settings_path().write_text("{ damaged")  # a damaged file: the defaults, and no error
     assert DenoiseWidget(viewer)._tile.value == 512
