@@ -282,7 +282,7 @@ class _Network:
         if self.failure is not None:
             first = str(self.failure).strip().splitlines()[0][:200] if str(self.failure).strip() else ""
             warn(f"torch.compile could not compile the network here ({type(self.failure).__name__}: {first}): it "
-                          "runs as it is", DenoiseWarning, stacklevel=4)
+                 "runs as it is", DenoiseWarning, stacklevel=4)
             self.failure = None
 
 
@@ -414,7 +414,7 @@ def _whole_pass(net: nn.Module, x: torch.Tensor, device: torch.device, amp: bool
         if device.type == "cuda":
             torch.cuda.empty_cache()
         warn(f"the whole {h}x{w} image did not fit in {device.type} memory at once: denoised in tiles",
-                      DenoiseWarning, stacklevel=3)
+             DenoiseWarning, stacklevel=3)
         return None
     e = nets.EDGE
     return y.float().mean(dim=1)[0, e : e + h, e : e + w]  # a 3-channel output is averaged to grey
@@ -765,9 +765,9 @@ def iter_denoise(
         raise ValueError("the image has no finite pixels (all NaN or Inf)")
     if top is not None and sum(saturated.values()) > SATURATED * planes.size:
         warn(f"{sum(saturated.values())} pixel(s) ({100 * sum(saturated.values()) / planes.size:.2g} %) read "
-                      f"{top:.0f}, the most a {planes.dtype} pixel holds: the detector saturated there, the brightest "
-                      "columns' true heights are lost and the result cannot restore them (lower the detector gain)",
-                      DenoiseWarning, stacklevel=2)
+             f"{top:.0f}, the most a {planes.dtype} pixel holds: the detector saturated there, the brightest "
+             "columns' true heights are lost and the result cannot restore them (lower the detector gain)",
+             DenoiseWarning, stacklevel=2)
     bs = batch_size
     shapes = [_scaled_shape(p.shape, pl.scale) for p, pl in zip(planes, plans)]
     tile_plans = [_plan(s, tile, overlap, net) for s in shapes]
@@ -794,7 +794,7 @@ def iter_denoise(
         prepared[k] = None
         if k in blank:
             warn(f"plane {k} has no finite pixels (all NaN or Inf): it is NaN in the output", DenoiseWarning,
-                          stacklevel=2)
+                 stacklevel=2)
         elif p.bad:
             warn(
                 f"{p.bad} NaN/Inf pixel(s) were replaced by the median for denoising and are NaN in the output",
@@ -803,7 +803,7 @@ def iter_denoise(
         if p.constant is not None:  # one value (NaN for a blank plane): nothing to denoise, given back as it is
             if k not in blank:
                 warn(f"the image{f' (plane {k})' if n > 1 else ''} is constant ({p.constant:g}): "
-                              "nothing to denoise, returned as it is", DenoiseWarning, stacklevel=2)
+                     "nothing to denoise, returned as it is", DenoiseWarning, stacklevel=2)
             y = p.data
             done += len(tile_plans[k])
             yield Progress(done, total)

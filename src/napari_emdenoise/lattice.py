@@ -193,8 +193,9 @@ def _gaussian_kernel(sigma: float, device) -> torch.Tensor:
     return k / k.sum()
 
 
-def _mirror_index(n: int, before: int, after: int, device) -> torch.Tensor:
-    """Indices that extend an axis of n samples by half-sample symmetry (scipy's "reflect": d c b a | a b c d | d c)."""
+def mirror_index(n: int, before: int, after: int, device) -> torch.Tensor:
+    """Indices that extend an axis of n samples by half-sample symmetry (scipy's "reflect", numpy's "symmetric":
+    d c b a | a b c d | d c), by any length, also more than n."""
     return _mirror(torch.arange(-before, n + after, device=device), n)
 
 
@@ -218,7 +219,7 @@ def _mirrored_fir(x: torch.Tensor, kernel: torch.Tensor, axis: int) -> torch.Ten
     unrolls each row on a GPU)."""
     r = (len(kernel) - 1) // 2
     n = x.shape[axis]
-    ext = x.index_select(axis, _mirror_index(n, r, r, x.device))
+    ext = x.index_select(axis, mirror_index(n, r, r, x.device))
     weights = kernel.tolist()
     out = ext.narrow(axis, 0, n) * weights[0]
     for j in range(1, len(weights)):

@@ -132,8 +132,8 @@ def denoise_lazy(arr, model=None, *, tile: int | None = 512, overlap: int = 64, 
         state = functools.partial(_plane_state, ref=ref, opts=opts, period=given, rescale=rescale and given is not None)
         if first.plan.scale != 1.0:
             warn("the image is resampled and its planes are split into chunks: each chunk is resampled on its own "
-                          "grid, so results near chunk borders can differ from the in-memory path; chunks of whole planes "
-                          "avoid this", DenoiseWarning, stacklevel=3)
+                 "grid, so results near chunk borders can differ from the in-memory path; chunks of whole planes "
+                 "avoid this", DenoiseWarning, stacklevel=3)
         planes = []
         for k, idx in enumerate(np.ndindex(arr.shape[:-2])):  # each plane its own intensities and statistics, as in memory
             plane = src[idx].rechunk(plane_chunks)

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .lattice import mirror_index
+
 NORMS = ("instance", "batch", "none")
 GENERATORS = ("resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256")
 FINALS = ("tanh", "linear")
@@ -313,13 +315,6 @@ def padded_shape(shape: tuple[int, int], multiple: int) -> tuple[int, int]:
     return -(-(shape[0] + EDGE) // multiple) * multiple, -(-(shape[1] + EDGE) // multiple) * multiple
 
 
-def _mirrored(n: int, before: int, after: int, device) -> torch.Tensor:
-    """Indices of ``range(-before, n + after)`` mirrored into ``range(n)`` with the edge pixel repeated (numpy's
-    'symmetric'), for any length, also more than ``n``."""
-    i = torch.arange(-before, n + after, device=device) % (2 * n)
-    return torch.where(i < n, i, 2 * n - 1 - i)
-
-
 def pad_for_network(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Mirror (N, C, H, W) by :data:`EDGE` px above and left of the image and below and right of it up to multiples of
     ``multiple``; the image sits at ``[EDGE:EDGE + H, EDGE:EDGE + W]`` of the result.
@@ -334,8 +329,8 @@ def pad_for_network(x: torch.Tensor, multiple: int) -> torch.Tensor:
     ph, pw = padded_shape((h, w), multiple)
     if (ph, pw) == (h, w):
         return x
-    rows = _mirrored(h, EDGE, ph - h - EDGE, x.device)
-    cols = _mirrored(w, EDGE, pw - w - EDGE, x.device)
+    rows = mirror_index(h, EDGE, ph - h - EDGE, x.device)
+    cols = mirror_index(w, EDGE, pw - w - EDGE, x.device)
     return x.index_select(-2, rows).index_select(-1, cols)
 
 

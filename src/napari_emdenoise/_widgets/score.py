@@ -52,8 +52,7 @@ class ScoreWidget(Dock):
     def _refresh(self, event=None) -> None:
         self.reset_choices()  # napari does this too once docked, but maybe after us: pick from the current layers
         layers = self._viewer.layers
-        added = getattr(event, "value", None) if event is not None and getattr(event, "type", "") == "inserted" else None
-        if event is not None and not (added is not None and added.name.endswith(" denoised")):
+        if event is not None and not (event.type == "inserted" and event.value.name.endswith(" denoised")):
             return  # another layer came or went: what the user chose stays (a points layer made it jump back)
         denoised = [ly for ly in layers if ly.name.endswith(" denoised")]
         if denoised:  # the usual case: score what Denoise just added against its own truth and dent map
