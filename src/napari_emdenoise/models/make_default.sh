@@ -9,7 +9,8 @@
 # range it saw). Extra options go to 'emdenoise train' and win over the recipe's, e.g.
 # '--device cuda'. JOBS=N simulates N scenes at a time (default 4); a second run in the same
 # WORK_DIR reuses the data. The shipped model was made on an H200 with 13500 iterations
-# (benchmarks/gpu_default.sh, the 'residual' run).
+# (benchmarks/gpu_default.sh, the 'residual' run). SHIP=PATH writes the float16 weights there instead of
+# over the bundled ones (the GPU session does, so runs beside it keep the bundled model).
 set -euo pipefail
 work=${1:?usage: make_default.sh WORK_DIR [ITERATIONS [extra train options]]}
 iters=${2:-13500}
@@ -23,4 +24,4 @@ emdenoise train --mode paired --noisy "$work/data/noisy" --clean "$work/data/cle
 # ship the weights as float16 (half the size; outputs within about 1e-4 of the output range)
 "${PYTHON:-python3}" -c 'import sys; from napari_emdenoise.checkpoints import load_checkpoint, save_generator
 net, info = load_checkpoint(sys.argv[1]); save_generator(sys.argv[2], net, info, half=True)' \
-  "$work/run/denoiser.safetensors" "$(dirname "$0")/default.safetensors"
+  "$work/run/denoiser.safetensors" "${SHIP:-$(dirname "$0")/default.safetensors}"
