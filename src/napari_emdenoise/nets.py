@@ -14,6 +14,7 @@ all tiles are normalised alike and no seam or intensity step appears (see ``tili
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 from dataclasses import asdict, dataclass
 
@@ -46,6 +47,8 @@ class TileNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "instance":
+            if x.is_cuda and _few_large_planes(x) and not (torch.is_grad_enabled() and x.requires_grad):
+                return instance_norm_chunked(x, self.eps)
             return nn.functional.instance_norm(x, eps=self.eps)
         xf = x.float()
         if self.mode == "record":
@@ -67,6 +70,39 @@ class TileNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, mode={self.mode}"
+
+
+BUSY_ROWS = 1024  # (sample, channel) rows that keep a GPU's statistics kernels busy
+CHUNKS = 64  # at most this many chunks per row
+
+
+def _few_large_planes(x: torch.Tensor) -> bool:
+    """Whether torch's instance norm would leave most of a GPU idle: its statistics and normalisation kernels work one
+    block per (sample, channel), so a whole 4096^2 image (32-128 channels) ran them on a few dozen of an H200's 132
+    multiprocessors; they took 54 % of a whole-image pass (`benchmarks/profile_device.py`)."""
+    return x.dim() == 4 and x.shape[0] * x.shape[1] < BUSY_ROWS and x.shape[2] * x.shape[3] >= 2**16
+
+
+def instance_norm_chunked(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``instance_norm(x, eps)`` (no affine, no running statistics) for a few large planes, without gradients: each
+    (sample, channel) plane is split into equal chunks whose mean and variance come from one batch-statistics kernel
+    on a GPU (``torch.batch_norm_stats``, float32 Welford, one block per chunk; float32 ``var_mean`` elsewhere), then
+    combined exactly (the chunks' variances plus the variance of their means), and applied in one kernel that computes
+    in float32 and writes ``x``'s type."""
+    n, c, h, w = x.shape
+    px = h * w
+    k = math.gcd(px, CHUNKS)  # equal chunks: a divisor of the plane's pixel count
+    flat = x.reshape(1, n * c * k, px // k)
+    if x.is_cuda:
+        mean, invstd = torch.batch_norm_stats(flat, eps)
+        var = invstd.float().pow(-2) - eps
+    else:
+        var, mean = torch.var_mean(flat.float(), dim=(0, 2), correction=0)
+    mean, var = mean.float().view(n, c, k), var.view(n, c, k)
+    m = mean.mean(dim=2, keepdim=True)
+    v = var.mean(dim=2, keepdim=True) + (mean - m).square().mean(dim=2, keepdim=True)
+    scale = torch.rsqrt(v.clamp_min(0) + eps)
+    return torch.addcmul((-m * scale)[..., None], x, scale[..., None], out=torch.empty_like(x))
 
 
 def get_norm_layer(norm: str = "instance"):
