@@ -131,3 +131,20 @@ def test_apply_mask_thins_by_the_mask():
     mask[2, 2] = 127.5
     out = apply_mask(target, mask, depth=0.4)
     assert out[1, 1] == pytest.approx(60.0) and out[2, 2] == pytest.approx(80.0) and out[0, 0] == 100.0
+
+
+@pytest.mark.parametrize("params, words", [
+    (dict(sigma=-1.0), "sigma must be 0 (no blur) or more"),
+    (dict(variant="min", radius=0), "min variant's radius must be at least 1"),
+    (dict(window=0), "window must be at least 1"),
+    (dict(threshold=300.0), "threshold must be within 0..255"),
+])
+def test_parameters_out_of_range_are_refused_with_what_is_allowed(params, words):
+    from dataclasses import replace
+
+    from napari_emdenoise.masks import resolve_params
+
+    img = simulate(size=64, period=8, dose=5, seed=0).noisy
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        resolve_params(img, replace(MaskParams(), **params))
+    assert resolve_params(img, replace(MaskParams(), sigma=0.0)).sigma == 0.0  # 0: no blur, allowed

@@ -131,6 +131,9 @@ def test_training_sets_take_kind_shares_and_the_perfect_lattice(tmp_path):
         check_kinds({"lattice": -1.0})
     meta = drive(write_training_set(tmp_path / "set", 2, 0, size=64, kinds={"lattice": 3, "vacancies": 1}))
     assert json.loads(meta.read_text())["kinds"] == {"lattice": 0.75, "vacancies": 0.25}
+    with pytest.raises(ValueError, match="a dose of 0 has no counts"):  # was 'must lie within 0-60 ... got 0 1'
+        drive(write_training_set(tmp_path / "zero", 2, 0, size=64, doses=(0.0, 1.0)))
+    assert not (tmp_path / "zero").exists()
 
 
 def test_scenes_cli_takes_kinds(tmp_path, capsys):

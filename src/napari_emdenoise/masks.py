@@ -146,6 +146,10 @@ def resolve_params(image: np.ndarray, params: MaskParams | None = None) -> MaskP
         raise ValueError(f"window must be at least 1 px, got {p.window}")
     if not 0 <= p.threshold <= 255:
         raise ValueError(f"threshold must be within 0..255, got {p.threshold}")
+    if not p.sigma >= 0:  # 0: no blur
+        raise ValueError(f"sigma must be 0 (no blur) or more px, got {p.sigma}")
+    if p.variant != "plain" and p.radius < 1:
+        raise ValueError(f"the {p.variant} variant's radius must be at least 1 px, got {p.radius}")
     return p
 
 

@@ -45,8 +45,9 @@ def training_params(seed: int, size: int = 384, periods: tuple[float, float] = (
     if not 2 <= periods[0] <= periods[1] <= 96:
         raise ValueError(f"the period range must lie within 2-96 px, low to high; got {periods[0]:g} {periods[1]:g}")
     if not 0 < doses[0] <= doses[1] <= MAX_TRAINING_DOSE:
-        raise ValueError(f"the dose range must lie within 0-{MAX_TRAINING_DOSE:g} counts/px, low to high; got {doses[0]:g} {doses[1]:g} "
-                         "(higher doses saturate the 16-bit detector values at the drawn gains)")
+        raise ValueError(f"the dose range must be LOW HIGH with 0 < LOW <= HIGH <= {MAX_TRAINING_DOSE:g} counts/px; got "
+                         f"{doses[0]:g} {doses[1]:g} (a dose of 0 has no counts; higher doses than {MAX_TRAINING_DOSE:g} "
+                         "saturate the 16-bit detector values at the drawn gains)")
     if not 32 <= size <= 4096:
         raise ValueError(f"the scene size must be 32-4096 px, not {size}")
     rng = np.random.default_rng([seed, 7_000_001])
