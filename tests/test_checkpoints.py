@@ -188,6 +188,17 @@ def test_weights_for_another_architecture_are_named(tmp_path):
 def test_missing_model_file(tmp_path):
     with pytest.raises(CheckpointError, match="no such model file"):
         load_generator(tmp_path / "nope.pth")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "denoiser.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"'.*run' is a folder, not a model file: .*\(it holds denoiser.safetensors\)"):
+        load_generator(tmp_path / "run")  # a run folder given for its model (was 'no such model file')
+
+
+def test_an_unknown_device_name_says_which_are_known():
+    from napari_emdenoise import denoise
+
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda'.*not 'gpu'"):  # was torch's RuntimeError
+        denoise(np.ones((16, 16), np.float32), device="gpu")
 
 
 def test_linear_output_residual_clip_and_period_range_round_trip(tmp_path):

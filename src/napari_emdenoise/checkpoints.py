@@ -232,6 +232,10 @@ def _sniff(path: Path) -> str:
 def load_checkpoint(path: str | os.PathLike, config: GeneratorConfig | None = None) -> tuple[nn.Module, ModelInfo]:
     """A generator (eval mode, CPU) and its :class:`ModelInfo` from a reference .pth or our .safetensors."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(q.name for q in path.glob("*") if q.suffix in (".safetensors", ".pth"))[:3]
+        raise CheckpointError(f"'{path}' is a folder, not a model file: give the checkpoint itself"
+                              + (f" (it holds {', '.join(found)})" if found else " (.safetensors or a reference .pth)"))
     if not path.is_file():
         raise CheckpointError(f"'{path}': no such model file.")
     kind = _sniff(path)
