@@ -8,7 +8,8 @@
 # dopants are not), on every scene at its own scale (no resampling: the model records the period
 # range it saw). Extra options go to 'emdenoise train' and win over the recipe's, e.g.
 # '--device cuda'. JOBS=N simulates N scenes at a time (default 4); a second run in the same
-# WORK_DIR reuses the data. The shipped model was made on an H200 with 13500 iterations
+# WORK_DIR reuses the data. --no-select: the recipe ends with its last iteration, as when the shipped model was
+# made (checkpoint selection came later). The shipped model was made on an H200 with 13500 iterations
 # (benchmarks/gpu_default.sh, the 'residual' run). SHIP=PATH writes the float16 weights there instead of
 # over the bundled ones (the GPU session does, so runs beside it keep the bundled model).
 set -euo pipefail
@@ -20,7 +21,7 @@ if [[ ! -f "$work/data/scenes.json" ]]; then
 fi
 emdenoise train --mode paired --noisy "$work/data/noisy" --clean "$work/data/clean" -o "$work/run" \
   --model small --ngf 32 --final linear --residual --clip 8 --no-rescale --iters "$iters" --crop 128 --batch-size 24 \
-  --lr 1e-3 --consistency 0 --checkpoint-every 500 --seed 0 "$@"
+  --lr 1e-3 --consistency 0 --checkpoint-every 500 --seed 0 --no-select "$@"
 # ship the weights as float16 (half the size; outputs within about 1e-4 of the output range)
 "${PYTHON:-python3}" -c 'import sys; from napari_emdenoise.checkpoints import load_checkpoint, save_generator
 net, info = load_checkpoint(sys.argv[1]); save_generator(sys.argv[2], net, info, half=True)' \
