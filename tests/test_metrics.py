@@ -46,6 +46,12 @@ def test_scores_of_the_truth_noise_and_an_erased_dent(sim):
     perfect = score(sim.clean, sim.clean, sim.dent)
     assert perfect.f1 == 1.0 and perfect.rms_px == 0.0 and perfect.dent_error == pytest.approx(0, abs=1e-9)
     assert perfect.ssim == pytest.approx(1.0)
+    # identical images: infinite PSNR, said in words (the least-squares match's rounding read 309.76 dB in Scores)
+    assert perfect.psnr == float("inf") and perfect.text().startswith("PSNR infinite (identical images)")
+    tiny = sim.clean + 1e-6 * np.ptp(sim.clean) * np.random.default_rng(1).standard_normal(sim.clean.shape)
+    assert psnr(tiny, sim.clean) == pytest.approx(120, abs=0.5)  # a real difference of 1e-6 of the range still counts
+    noise = score(np.random.default_rng(0).random(sim.clean.shape), sim.clean, period=12)
+    assert noise.f1 < 0.5 and ("no column matched" in noise.text()) == np.isnan(noise.rms_px)
     noisy = score(sim.noisy, sim.clean, sim.dent)
     assert noisy.psnr < 30 and noisy.ssim < 0.95
     flat = simulate(size=(256, 288), period=12, dose=6, dents=0, seed=8).clean  # the same lattice, no dent

@@ -41,8 +41,9 @@ class Scores:
 
     def text(self) -> str:
         """One line for people: PSNR, SSIM, columns, and the dent when it was scored."""
-        line = (f"PSNR {self.psnr:.2f} dB, SSIM {self.ssim:.3f}, columns F1 {self.f1:.3f} "
-                f"(RMS {self.rms_px:.2f} px)")
+        quality = "PSNR infinite (identical images)" if self.psnr == float("inf") else f"PSNR {self.psnr:.2f} dB"
+        place = "no column matched" if np.isnan(self.rms_px) else f"RMS {self.rms_px:.2f} px"
+        line = f"{quality}, SSIM {self.ssim:.3f}, columns F1 {self.f1:.3f} ({place})"
         return line + (f", dent error {self.dent_error:.3f}" if self.dent_error is not None else "")
 
 
@@ -54,11 +55,15 @@ def align(output: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return (a * output + b).astype(np.float64)
 
 
+IDENTICAL = 1e-10  # an RMS difference under this share of the range is rounding: PSNR infinite (float32 rounding is 6e-8)
+
+
 def psnr(output: np.ndarray, truth: np.ndarray) -> float:
     t = truth.astype(np.float64)
     mse = float(np.mean((align(output, t) - t) ** 2))
     span = float(t.max() - t.min())
-    return float("inf") if mse == 0 else 10.0 * np.log10(span**2 / mse)
+    # identical images: the least-squares match leaves float64 rounding (about 1e-15 of the range), not an error
+    return float("inf") if mse <= (IDENTICAL * span) ** 2 else 10.0 * np.log10(span**2 / mse)
 
 
 def ssim(output: np.ndarray, truth: np.ndarray) -> float:

@@ -56,7 +56,9 @@ def _add_denoise(sub: argparse._SubParsersAction) -> None:
                         "(by default every column the output shows is refit to the frame by least squares, so that a "
                         "network cannot fill an empty site or pull a column towards its neighbours beyond noise; "
                         "docs/denoise.md)")
-    p.add_argument("--dtype", choices=["float32", "uint16"], default="float32", help="output sample type")
+    p.add_argument("--dtype", choices=["float32", "uint16"], default="float32", help="output sample type: float32 keeps the values; uint16 maps the result's "
+                   "range linearly onto 0-65535 (counts are not kept; the TIFF's Info records the offset and scale "
+                   "to convert back: value = offset + scale * pixel)")
     p.add_argument("--check", action="store_true",
                    help="check each output against its input: write OUT_DIR/<name>_consistency.tif (z map, float32) "
                         "and print how many regions disagree with the data beyond noise")
