@@ -62,6 +62,14 @@ def test_paint_then_save_writes_exactly_the_painted_mask(setup, tmp_path, monkey
     assert w.save() is None and path.read_bytes() == before
 
 
+def test_save_to_a_folder_or_a_dotted_name(setup, tmp_path):
+    viewer, w, sim = setup
+    w._path.value = tmp_path  # a folder chosen in the file dialog: the mask is named after its image
+    assert w.save() == tmp_path / "scan_mask.tif" and read_tiff(tmp_path / "scan_mask.tif").data.shape == sim.noisy.shape
+    w._path.value = tmp_path / "scan.2024"  # a dotted name keeps its dot (was saved as 'scan.tif')
+    assert w.save() == tmp_path / "scan.2024.tif" and (tmp_path / "scan.2024.tif").is_file()
+
+
 def test_widget_is_in_the_plugins_menu(make_napari_viewer):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-emdenoise", "Dent mask")

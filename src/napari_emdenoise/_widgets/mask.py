@@ -253,8 +253,11 @@ class MaskWidget(Dock):
             show_error("Nothing to save yet: choose an image and wait for its preview.")
             return None
         path = Path(self._path.value)
-        if path.suffix.lower() not in (".tif", ".tiff"):
-            path = path.with_suffix(".tif")
+        if path.is_dir():  # a folder chosen: the mask is named after its image
+            stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer.name).strip("._") or "image"
+            path = path / f"{stem}_mask.tif"
+        elif path.suffix.lower() not in (".tif", ".tiff"):
+            path = path.with_name(path.name + ".tif")  # 'scan.2024' -> 'scan.2024.tif' (with_suffix made it 'scan.tif')
         if path.exists() and not ask(self.native, f"'{path.name}' exists. Replace it?"):
             return None
         pixel = tuple(layer.scale[-2:]) if tuple(layer.scale[-2:]) != (1.0, 1.0) else None
