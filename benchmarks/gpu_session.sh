@@ -5,8 +5,9 @@
 #   bash benchmarks/gpu_session.sh OUT_DIR [DEADLINE_SECONDS]
 # Each step is stopped like Ctrl-C if it would pass its share of DEADLINE_SECONDS (default 540):
 # 1. first, on the quiet GPU: tests/test_cuda.py and benchmarks/inference.py on CUDA (the acceptance ratios of
-#    issue 13 on 4096² images and stacks of 32 x 1024² with every default, then the tables, torch.compile last),
-#    at most CUDA_S seconds (default 200) -> OUT_DIR/cuda.txt
+#    issue 13 on 4096² images and stacks of 32 x 1024² with every default, then the tables, the profile of
+#    benchmarks/profile_device.py, torch.compile last), at most CUDA_S seconds (default 300: on an H200 the figures
+#    before the profile took 195 s) -> OUT_DIR/cuda.txt, profile.txt
 # 2. then side by side on the one GPU:
 #    a. the default model's recipe (src/napari_emdenoise/models/make_default.sh) on 1200 scenes (KINDS sets the
 #       shares), paired L1, residual resnet_6blocks ngf 32, its iteration count from a 200-iteration probe taken
@@ -25,7 +26,7 @@ left() { local s=$(( $1 - SECONDS )); echo $(( s > 20 ? s : 20 )); }  # seconds 
 work=${WORK:-$(mktemp -d)}
 device=${DEVICE:-cuda}
 n=${SCENES:-1200}
-cuda_end=$(( SECONDS + ${CUDA_S:-200} ))
+cuda_end=$(( SECONDS + ${CUDA_S:-300} ))
 
 stamp "environment"
 nvidia-smi -L 2>/dev/null
@@ -41,6 +42,9 @@ stamp "CUDA tests and inference figures"
     --models small resnet9 --sizes 4096
   timeout $(left $cuda_end) python3 "$root/benchmarks/inference.py" --devices "$device" \
     --models small --frames 32 --sizes 1024
+  # where the time goes, each step of a plane apart (benchmarks/profile_device.py; its tables in profile.txt)
+  timeout $(left $cuda_end) python3 "$root/benchmarks/profile_device.py" --device "$device" --top 20 2>&1 \
+    | grep -v USDT > "$out/profile.txt"
   timeout $(left $cuda_end) python3 "$root/benchmarks/inference.py" --devices "$device" --models small --sizes 4096 --compile
   } 2>&1 | tee "$out/cuda.txt"
 
