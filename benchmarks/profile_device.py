@@ -81,14 +81,6 @@ def steps(img: np.ndarray, net, dev: torch.device) -> list[tuple[str, float, int
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
             net(batch)
 
-    tiles = torch.randn(16, 1, 512, 512, device=dev)
-    reps = max(1, round(plane.size / tiles.numel()))
-
-    def bare_tiles():  # what benchmarks/inference.py calls the bare network: batches of 16 tiles of 512², as many pixels
-        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
-            for _ in range(reps):
-                net(tiles)
-
     def pass_direct():
         with direct_passes():
             drive(_whole_pass(net, x, dev, True, 0, 1, 1))
@@ -103,11 +95,17 @@ def steps(img: np.ndarray, net, dev: torch.device) -> list[tuple[str, float, int
         ("whole pass (progress thread)", lambda: drive(_whole_pass(net, x, dev, True, 0, 1, 1))),
         ("whole pass (direct)", pass_direct),
         ("bare network on the padded plane", bare),
-        (f"bare network, {reps} batch(es) of 16 x 512²", bare_tiles),
         ("map back", lambda: denormalize(y, lo, hi)),
         ("copy back (pageable)", lambda: Downloader(out, dev)(0, y)),
     ]
-    return [(name, best(f, dev), reps * tiles.numel() if f is bare_tiles else plane.size) for name, f in rows]
+    out = [(name, best(f, dev), plane.size) for name, f in rows]
+    # benchmarks/inference.py's bare network (this script's folder is on sys.path): batches of 16 (4 on a CPU) tiles
+    # of 512² already on the device, as many pixels as the plane; given as the time for the plane's pixels
+    from inference import bare_network
+
+    mps = bare_network(net, plane, 512, dev, amp=True)
+    out.insert(-2, ("bare network, batches of tiles of 512²", plane.size / 1e6 / mps, plane.size))
+    return out
 
 
 def variants(img: np.ndarray, net, dev: torch.device) -> list[tuple[str, float]]:
@@ -116,11 +114,10 @@ def variants(img: np.ndarray, net, dev: torch.device) -> list[tuple[str, float]]
     def run(**kw):
         return lambda: denoise(img, net, device=str(dev), rescale=False, **kw)
 
-    rows = [("denoise(rescale=False)", run()), ("denoise() with defaults", lambda: denoise(img, net, device=str(dev)))]
+    rows = [("denoise(rescale=False)", best(run(), dev)),
+            ("denoise() with defaults", best(lambda: denoise(img, net, device=str(dev)), dev))]
     with direct_passes():
-        rows.append(("no progress thread", run()))
-        t = best(run(), dev)
-    rows = [(name, best(f, dev)) for name, f in rows[:2]] + [("no progress thread", t)]
+        rows.append(("no progress thread", best(run(), dev)))
     rows.append(("float32 (amp=False)", best(run(amp=False), dev)))
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True

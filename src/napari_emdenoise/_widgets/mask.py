@@ -33,7 +33,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QMessageBox
 
-from ..io import ImageFileError, write_tiff
+from ..io import ImageFileError, safe_stem, write_tiff
 from ..masks import (
     DEFAULT_RADIUS,
     PRESETS,
@@ -254,8 +254,7 @@ class MaskWidget(Dock):
             return None
         path = Path(self._path.value)
         if path.is_dir():  # a folder chosen: the mask is named after its image
-            stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer.name).strip("._") or "image"
-            path = path / f"{stem}_mask.tif"
+            path = path / f"{safe_stem(layer.name)}_mask.tif"
         elif path.suffix.lower() not in (".tif", ".tiff"):
             path = path.with_name(path.name + ".tif")  # 'scan.2024' -> 'scan.2024.tif' (with_suffix made it 'scan.tif')
         if path.exists() and not ask(self.native, f"'{path.name}' exists. Replace it?"):
